@@ -1,0 +1,44 @@
+"""Data acquisition, versioning, validation and split settings (env prefix ``DATA_``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    env_prefix: ClassVar[str] = "DATA_"
+
+    # "kaggle", "url", or a path to a local folder holding the IDX files or the Kaggle CSV.
+    source: str = "url"
+    kaggle_dataset: str = "zalando-research/fashionmnist"
+    kaggle_file: str = "fashion-mnist_train.csv"
+    url_base: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    download_retries: int = Field(default=3, ge=0)
+    retry_delay_s: float = Field(default=2.0, ge=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+    # DVC remote; a relative path is taken from the project root.
+    dvc_remote_name: str = "local"
+    dvc_remote_url: str = "../dvc-remote"
+
+    # Validation thresholds.
+    min_rows: int = Field(default=60_000, ge=1)
+    max_rows: int = Field(default=60_000, ge=1)
+    class_share_min: float = Field(default=0.08, ge=0, le=1)
+    class_share_max: float = Field(default=0.12, ge=0, le=1)
+    max_duplicate_fraction: float = Field(default=0.002, ge=0, le=1)
+
+    # Split of the training set.
+    split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    split_seed: int = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.min_rows > self.max_rows:
+            raise ValueError("min_rows must not exceed max_rows")
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise ValueError("split_fractions must sum to 1")
+        return self
