@@ -23,6 +23,15 @@ MEAN = 0.2860
 STD = 0.3530
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# File signatures, to tell a damaged image of an accepted format from something else entirely.
+_SIGNATURES: dict[bytes, str] = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"BM": "BMP",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"RIFF": "WEBP",
+}
 
 
 class ImageDecodeError(ValueError):
@@ -53,6 +62,11 @@ def decode_image(
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
+        claimed = next((fmt for sig, fmt in _SIGNATURES.items() if data.startswith(sig)), None)
+        if claimed in formats:
+            raise ImageDecodeError(
+                f"The {claimed} image is damaged or truncated and cannot be decoded."
+            ) from exc
         raise ImageDecodeError(
             f"The file is not an image in an accepted format ({', '.join(formats)})."
         ) from exc
@@ -79,16 +93,16 @@ def to_model_image(image: Image.Image) -> np.ndarray:
         image = Image.alpha_composite(background, rgba)
     gray = image.convert("L")
     if gray.size == (IMAGE_SIZE, IMAGE_SIZE):
-        array = np.asarray(gray, dtype=np.uint8)
+        array = np.array(gray, dtype=np.uint8)
     else:
         border = _border_value(np.asarray(gray, dtype=np.uint8))
         side = max(gray.size)
         square = Image.new("L", (side, side), color=border)
         square.paste(gray, ((side - gray.width) // 2, (side - gray.height) // 2))
         resized = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-        array = np.asarray(resized, dtype=np.uint8)
+        array = np.array(resized, dtype=np.uint8)
     if _border_value(array) > 127:
-        array = np.asarray(ImageOps.invert(Image.fromarray(array)), dtype=np.uint8)
+        array = np.array(ImageOps.invert(Image.fromarray(array)), dtype=np.uint8)
     return array
 
 

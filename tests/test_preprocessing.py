@@ -1,0 +1,99 @@
+"""The single preprocessing path: identity on Fashion-MNIST images, robust on anything else."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src.preprocessing import (
+    MEAN,
+    STD,
+    ImageDecodeError,
+    decode_image,
+    normalize,
+    preprocess_image,
+    to_model_image,
+)
+
+
+def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _garment() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    array = np.zeros((28, 28), dtype=np.uint8)
+    array[4:24, 8:20] = rng.integers(100, 255, size=(20, 12), dtype=np.uint8)
+    return array
+
+
+def test_fashion_mnist_image_is_unchanged_by_the_api_path() -> None:
+    array = _garment()
+    served = preprocess_image(_encode(Image.fromarray(array)))
+    trained = normalize(array[None])[0]
+    assert served.shape == (1, 28, 28)
+    assert torch.equal(served, trained)
+
+
+def test_normalize_shapes_and_scale() -> None:
+    batch = np.full((3, 28, 28), 255, dtype=np.uint8)
+    out = normalize(batch)
+    assert out.shape == (3, 1, 28, 28) and out.dtype == torch.float32
+    assert torch.allclose(out, torch.full_like(out, (1.0 - MEAN) / STD))
+    with pytest.raises(ValueError, match="grayscale"):
+        normalize(np.zeros((2, 3, 28, 28), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP"])
+def test_accepted_formats_and_colour_become_28x28(fmt: str) -> None:
+    colour = Image.new("RGB", (90, 60), (200, 30, 30))
+    tensor = preprocess_image(_encode(colour, fmt))
+    assert tensor.shape == (1, 28, 28)
+    assert torch.isfinite(tensor).all()
+
+
+def test_light_background_photo_is_inverted_to_dark_background() -> None:
+    photo = np.full((100, 100), 250, dtype=np.uint8)
+    photo[20:80, 30:70] = 40  # a dark garment on white paper
+    array = to_model_image(Image.fromarray(photo))
+    assert array[0, 0] < 30 and array[14, 14] > 150
+
+
+def test_transparent_png_is_flattened() -> None:
+    rgba = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    assert to_model_image(rgba).shape == (28, 28)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"", "empty"),
+        (b"definitely not an image", "not an image"),
+        (_encode(Image.new("L", (64, 64), 7))[:40], "damaged or truncated"),
+        (
+            _encode(Image.fromarray(_garment()).resize((64, 64)), "JPEG")[:300],
+            "damaged or truncated",
+        ),
+    ],
+)
+def test_bad_bytes_raise_a_clear_error(payload: bytes, message: str) -> None:
+    with pytest.raises(ImageDecodeError, match=message):
+        decode_image(payload)
+
+
+def test_too_many_pixels_is_refused_before_decoding() -> None:
+    big = _encode(Image.new("L", (300, 300)))
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        decode_image(big, max_pixels=200 * 200)
+
+
+def test_format_allow_list_is_enforced() -> None:
+    tiff = _encode(Image.new("L", (28, 28)), "TIFF")
+    with pytest.raises(ImageDecodeError, match="accepted format"):
+        decode_image(tiff)
