@@ -1,0 +1,344 @@
+"""The MLflow model registry: register candidates, record the gate, promote, keep Production sane.
+
+"Production" means two things at once in this project: the **alias** ``production`` (MLflow 3's
+way) and the **stage** ``Production`` (deprecated in MLflow but still shown by the UI and used by
+older clients). Both must name the same single version.
+
+The alias is the source of truth. A promotion runs in this order, each step durable on its own:
+
+1. ``register_candidate``: new version, tags ``validation_status=pending`` + data md5, split hash,
+   metrics.
+2. ``record_gate_decision``: ``validation_status=passed|failed`` and the gate's reasons.
+3. ``promote`` (only for ``passed``): move the alias ``production`` to the version — from here on
+   serving (which resolves the alias) answers with it — then transition the version to stage
+   ``Production`` with ``archive_existing_versions=True``, then reconcile.
+
+A crash between any two steps leaves at worst a version stuck at ``pending`` (never served) or the
+alias ahead of the stage. :func:`reconcile_production` repairs the latter: the alias's version is
+put in stage Production and every other Production version is archived; with no alias, the newest
+``passed`` version in stage Production gets it. The train-flow calls it before anything else, so
+after any sequence of runs exactly one version is in Production and the alias points at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+PRODUCTION_STAGE = "Production"
+ARCHIVED_STAGE = "Archived"
+PRODUCTION_ALIAS = "production"
+STATUS_TAG = "validation_status"
+REASONS_TAG = "gate_reasons"
+DETAILS_TAG = "gate_details"
+PENDING, PASSED, FAILED = "pending", "passed", "failed"
+# MLflow caps tag values at 5000 characters (8000 on newer stores); stay under the smaller.
+MAX_TAG_CHARS = 5000
+
+
+class RegistryError(RuntimeError):
+    """The registry refused an operation; the message says what to do."""
+
+
+@dataclass
+class ReconcileReport:
+    production_version: str | None
+    actions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PromotionResult:
+    version: str
+    status: str  # passed | failed
+    promoted: bool
+    production_version: str | None
+    previous_production_version: str | None
+    reasons: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.promoted:
+            return (
+                f"Version {self.version} promoted to Production (alias '{PRODUCTION_ALIAS}'); "
+                f"previous Production: {self.previous_production_version or 'none'}."
+            )
+        return (
+            f"Version {self.version} not promoted (validation_status={self.status}); "
+            f"Production stays at {self.production_version or 'none'}."
+        )
+
+
+def get_client(tracking_uri: str) -> MlflowClient:
+    """A client whose tracking and registry stores are both ``tracking_uri``."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def _quiet_stage_warnings() -> Iterator[None]:
+    # Stages are deprecated in MLflow 3 but are half of this project's Production contract.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _is_missing(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def _registered_model_exists(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return False
+        raise
+    return True
+
+
+def _alias_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    # Read through the registered model: a missing alias is "no alias", not an error code that
+    # differs between stores.
+    aliases = client.get_registered_model(name).aliases or {}
+    version = aliases.get(PRODUCTION_ALIAS)
+    if version is None:
+        return None
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+
+
+def _all_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    with _quiet_stage_warnings():
+        versions = list(client.search_model_versions(f"name = '{name}'", max_results=10_000))
+    return sorted(versions, key=lambda mv: int(mv.version))
+
+
+def _production_stage_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    return [mv for mv in _all_versions(client, name) if mv.current_stage == PRODUCTION_STAGE]
+
+
+def current_production(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The Production version: the alias ``production``, else the newest version in stage
+    Production, else ``None`` (no registered model or nothing promoted yet)."""
+    if not _registered_model_exists(client, name):
+        return None
+    by_alias = _alias_version(client, name)
+    if by_alias is not None:
+        return by_alias
+    in_stage = _production_stage_versions(client, name)
+    return in_stage[-1] if in_stage else None
+
+
+def model_version_uri(name: str, version: str) -> str:
+    return f"models:/{name}/{version}"
+
+
+def _tag_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= MAX_TAG_CHARS else text[: MAX_TAG_CHARS - 3] + "..."
+
+
+def _model_id(model_uri: str) -> str | None:
+    # MLflow 3 logged models are addressed as models:/<model_id> (no version part).
+    if model_uri.startswith("models:/"):
+        rest = model_uri[len("models:/") :]
+        if rest and "/" not in rest and rest.startswith("m-"):
+            return rest
+    return None
+
+
+def register_candidate(
+    client: MlflowClient,
+    name: str,
+    *,
+    model_uri: str,
+    run_id: str | None,
+    tags: Mapping[str, Any] | None = None,
+) -> ModelVersion:
+    """Create a new version of ``name`` from ``model_uri``, tagged ``validation_status=pending``."""
+    if not _registered_model_exists(client, name):
+        try:
+            client.create_registered_model(
+                name, description="Fashion-MNIST garment classifier (see the project README)."
+            )
+        except MlflowException as exc:  # created concurrently by another run
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+    all_tags = {key: _tag_value(value) for key, value in (tags or {}).items()}
+    all_tags[STATUS_TAG] = PENDING
+    with _quiet_stage_warnings():
+        return client.create_model_version(
+            name,
+            source=model_uri,
+            run_id=run_id,
+            tags=all_tags,
+            model_id=_model_id(model_uri),
+            description=f"Candidate from run {run_id}" if run_id else None,
+        )
+
+
+def record_gate_decision(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    *,
+    passed: bool,
+    reasons: list[str],
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Tag the version with the gate's verdict and reasons (``passed``/``failed``)."""
+    client.set_model_version_tag(name, version, REASONS_TAG, _tag_value("; ".join(reasons)))
+    if details:
+        client.set_model_version_tag(name, version, DETAILS_TAG, _tag_value(dict(details)))
+    # The status goes last: "passed" is what allows promotion.
+    client.set_model_version_tag(name, version, STATUS_TAG, PASSED if passed else FAILED)
+
+
+def promote(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    """Make ``version`` Production: alias first (the source of truth), then the stage with the
+    others archived, then a reconcile pass. Refuses versions the gate did not pass."""
+    mv = client.get_model_version(name, version)
+    status = mv.tags.get(STATUS_TAG)
+    if status != PASSED:
+        raise RegistryError(
+            f"Version {version} of {name!r} has validation_status={status!r}; only versions the "
+            "gate passed can be promoted (re-run the train-flow, or tag it 'passed' deliberately)."
+        )
+    client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
+    with _quiet_stage_warnings():
+        client.transition_model_version_stage(
+            name, version, PRODUCTION_STAGE, archive_existing_versions=True
+        )
+    reconcile_production(client, name)
+    return client.get_model_version(name, version)
+
+
+def reconcile_production(client: MlflowClient, name: str) -> ReconcileReport:
+    """Repair drift between the alias and the stage so that exactly one version is in Production
+    and the alias points at it. Safe to call at any time; does nothing when all is well."""
+    report = ReconcileReport(production_version=None)
+    if not _registered_model_exists(client, name):
+        return report
+    target = _alias_version(client, name)
+    in_stage = _production_stage_versions(client, name)
+    if target is None:
+        if not in_stage:
+            return report  # nothing promoted yet
+        passed = [mv for mv in in_stage if mv.tags.get(STATUS_TAG) == PASSED]
+        target = (passed or in_stage)[-1]
+        client.set_registered_model_alias(name, PRODUCTION_ALIAS, target.version)
+        report.actions.append(
+            f"alias '{PRODUCTION_ALIAS}' was missing: set to version {target.version}"
+        )
+    report.production_version = str(target.version)
+    with _quiet_stage_warnings():
+        if target.current_stage != PRODUCTION_STAGE:
+            client.transition_model_version_stage(
+                name, target.version, PRODUCTION_STAGE, archive_existing_versions=True
+            )
+            report.actions.append(
+                f"version {target.version} (alias '{PRODUCTION_ALIAS}') moved to stage Production"
+            )
+        for mv in _production_stage_versions(client, name):
+            if str(mv.version) != str(target.version):
+                client.transition_model_version_stage(name, mv.version, ARCHIVED_STAGE)
+                report.actions.append(f"version {mv.version} was also in Production: archived")
+    return report
+
+
+def promote_candidate(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    *,
+    passed: bool,
+    reasons: list[str],
+    details: Mapping[str, Any] | None = None,
+) -> PromotionResult:
+    """Record the gate's verdict on ``version`` and promote it when it passed."""
+    previous = current_production(client, name)
+    previous_version = str(previous.version) if previous is not None else None
+    record_gate_decision(client, name, version, passed=passed, reasons=reasons, details=details)
+    if passed:
+        promote(client, name, version)
+    production = current_production(client, name)
+    return PromotionResult(
+        version=str(version),
+        status=PASSED if passed else FAILED,
+        promoted=passed,
+        production_version=str(production.version) if production is not None else None,
+        previous_production_version=previous_version,
+        reasons=list(reasons),
+    )
+
+
+def production_consistent(client: MlflowClient, name: str) -> bool:
+    """True when exactly one version is in stage Production and the alias names it (or when
+    nothing is promoted at all)."""
+    if not _registered_model_exists(client, name):
+        return True
+    alias = _alias_version(client, name)
+    in_stage = [str(mv.version) for mv in _production_stage_versions(client, name)]
+    if alias is None:
+        return not in_stage
+    return in_stage == [str(alias.version)]
+
+
+def describe(client: MlflowClient, name: str) -> str:
+    """A plain-text table of the registered versions (for the CLI)."""
+    if not _registered_model_exists(client, name):
+        return f"No registered model {name!r} yet; run `make train`."
+    production = current_production(client, name)
+    lines = [f"{'version':>7}  {'stage':<10}  {'status':<8}  {'acc':>6}  {'f1':>6}  alias"]
+    for mv in _all_versions(client, name):
+        alias = (
+            PRODUCTION_ALIAS if production is not None and mv.version == production.version else ""
+        )
+        lines.append(
+            f"{mv.version:>7}  {mv.current_stage:<10}  {mv.tags.get(STATUS_TAG, '?'):<8}  "
+            f"{mv.tags.get('test_accuracy', '')[:6]:>6}  {mv.tags.get('test_macro_f1', '')[:6]:>6}  "
+            f"{alias}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m src.registry [status|reconcile|promote VERSION]``."""
+    from src.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m src.registry", description=main.__doc__)
+    parser.add_argument("command", choices=["status", "reconcile", "promote"])
+    parser.add_argument("version", nargs="?", help="version to promote (a rollback, say)")
+    args = parser.parse_args(argv)
+    cfg = load_config()
+    client = get_client(cfg.tracking_uri)
+    name = cfg.mlflow.registered_model_name
+    if args.command == "reconcile":
+        report = reconcile_production(client, name)
+        print("\n".join(report.actions) or "Registry consistent; nothing to repair.")
+    elif args.command == "promote":
+        if not args.version:
+            parser.error("promote needs a VERSION, e.g. `python -m src.registry promote 3`")
+        try:
+            promote(client, name, args.version)
+        except RegistryError as exc:
+            print(exc)
+            return 1
+    print(describe(client, name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
