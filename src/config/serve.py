@@ -4,7 +4,44 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Values people leave in a config when they mean "set a real key here".
+PLACEHOLDER_API_KEYS = frozenset(
+    {
+        "",
+        "changeme",
+        "change-me",
+        "change_me",
+        "your-api-key",
+        "your_api_key",
+        "yourapikey",
+        "api-key",
+        "api_key",
+        "apikey",
+        "secret",
+        "password",
+        "test",
+        "xxx",
+        "none",
+        "null",
+        "todo",
+        "default",
+    }
+)
+MIN_API_KEY_LENGTH = 16
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why ``key`` is not acceptable as an API key, or ``None`` when it is."""
+    stripped = key.strip()
+    if stripped.lower() in PLACEHOLDER_API_KEYS or set(stripped.lower()) <= {"x", "*", "-", "."}:
+        return "is a placeholder"
+    if stripped != key:
+        return "has leading or trailing whitespace"
+    if len(key) < MIN_API_KEY_LENGTH:
+        return f"is shorter than {MIN_API_KEY_LENGTH} characters"
+    return None
 
 
 class ServeConfig(BaseModel):
@@ -13,9 +50,37 @@ class ServeConfig(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # How often the registry is asked whether Production moved (once a model is loaded).
     poll_interval_s: float = Field(default=10.0, gt=0)
+    # How soon to retry while no model is loaded yet (registry down, nothing promoted yet).
+    retry_interval_s: float = Field(default=1.0, gt=0)
     max_batch_files: int = Field(default=256, ge=1)
+    # One image file; a /predict body may be this plus a little multipart framing.
     max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    # A whole /predict/batch body.
+    max_batch_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # Decoded size limit (decompression bombs); also PIL's Image.MAX_IMAGE_PIXELS while serving.
     max_image_pixels: int = Field(default=4096 * 4096, ge=1)
     top_k: int = Field(default=3, ge=1, le=10)
+    # When set, /predict and /predict/batch need header X-API-Key with this value.
     api_key: str | None = None
+    # torch intra-op threads per forward (1 is best for latency with concurrent requests).
+    torch_threads: int = Field(default=1, ge=1)
+    # Forwards running at once (the rest queue); 0 = one per CPU core.
+    inference_concurrency: int = Field(default=0, ge=0)
+    # One JSON line per request from the app (and uvicorn's plain access log switched off).
+    json_logs: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("api_key")
+    @classmethod
+    def _reject_placeholder_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = api_key_problem(value)
+        if problem:
+            raise ValueError(
+                f"the API key {problem}; set SERVE_API_KEY to a random secret of at least "
+                f"{MIN_API_KEY_LENGTH} characters (e.g. `openssl rand -hex 32`) or unset it"
+            )
+        return value

@@ -1,0 +1,226 @@
+"""Prometheus metrics and one structured (JSON) log line per request."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LOGGER_NAME = "clothing_classifier.serving"
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class ServingMetrics:
+    """All metrics of one app, in their own registry (several apps can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests by method, route and status code.",
+            ["method", "path", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from the request's arrival to the end of its response, by route.",
+            ["method", "path"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "predictions",
+            "Images classified, by predicted class.",
+            ["label"],
+            registry=self.registry,
+        )
+        self.images_rejected = Counter(
+            "images_rejected",
+            "Uploaded files refused as not decodable / too large.",
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "model_info",
+            "The served model: 1 for the loaded name/version.",
+            ["name", "version"],
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "model_version",
+            "Registry version number of the served model (0 while none is loaded).",
+            registry=self.registry,
+        )
+        self.model_ready = Gauge(
+            "model_ready", "1 once a model is loaded and answering.", registry=self.registry
+        )
+        self.model_loaded_timestamp = Gauge(
+            "model_loaded_timestamp_seconds",
+            "Unix time the served model was loaded.",
+            registry=self.registry,
+        )
+        self.model_reloads = Counter(
+            "model_reloads", "Model (re)loads that completed.", registry=self.registry
+        )
+        self.registry_errors = Counter(
+            "registry_check_errors",
+            "Registry checks or model loads that failed.",
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    def model_swapped(
+        self, old_name: str | None, old_version: str | None, name: str, version: str
+    ) -> None:
+        if old_name is not None and old_version is not None:
+            with contextlib.suppress(KeyError):
+                self.model_info.remove(old_name, old_version)
+        self.model_info.labels(name=name, version=version).set(1)
+        try:
+            self.model_version.set(float(version))
+        except ValueError:
+            self.model_version.set(0)
+        self.model_ready.set(1)
+        self.model_loaded_timestamp.set(time.time())
+        self.model_reloads.inc()
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "event", ...fields}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            payload.update(fields)
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+class PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            base += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return base
+
+
+def configure_logging(json_logs: bool, level: str) -> logging.Logger:
+    """Give the serving logger one stderr handler (idempotent) and quiet uvicorn's access log,
+    which the request log below replaces."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        if getattr(handler, "_serving_handler", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_logs else PlainFormatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    handler._serving_handler = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logging.getLogger("uvicorn.access").disabled = True
+    return logger
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI: counts and times every request and logs one line for it.
+
+    The ``path`` label is the matched route template (``/predict``), never the raw URL, so a
+    scanner cannot blow up the metric's cardinality.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServingMetrics,
+        logger: logging.Logger,
+        known_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.logger = logger
+        # Routes that a middleware may answer before routing (e.g. 413 on /predict).
+        self.known_paths = known_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_bytes = 0
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status, response_bytes
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                response_bytes += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            path = getattr(route, "path", None)
+            if path is None:
+                raw = scope.get("path", "")
+                path = raw if raw in self.known_paths else "<unmatched>"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method=method, path=path, status=str(status)).inc()
+            self.metrics.latency.labels(method=method, path=path).observe(elapsed)
+            state = scope.get("state") or {}
+            client = scope.get("client")
+            fields: dict[str, Any] = {
+                "method": method,
+                "path": scope.get("path", ""),
+                "route": path,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "response_bytes": response_bytes,
+                "client": f"{client[0]}:{client[1]}" if client else None,
+            }
+            for key in ("model_version", "images", "error"):
+                if key in state:
+                    fields[key] = state[key]
+            self.logger.info("request", extra={"fields": fields})
