@@ -1,0 +1,278 @@
+"""Fixtures for the API tests: a temporary sqlite MLflow registry with tiny models, the app in
+process (TestClient), and real uvicorn processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from src.config import AppConfig, load_config
+from src.labels import CLASS_NAMES
+from src.model_io import log_classifier
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_names = itertools.count()
+
+
+def constant_model(class_id: int) -> torch.nn.Module:
+    """Answers ``class_id`` for every image (so a response's label tells which model answered)."""
+    linear = torch.nn.Linear(28 * 28, len(CLASS_NAMES))
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+        linear.bias[class_id] = 6.0
+    return torch.nn.Sequential(torch.nn.Flatten(), linear).eval()
+
+
+def image_dependent_model() -> torch.nn.Module:
+    """A small random CNN whose answer depends on the pixels (for preprocessing parity)."""
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, len(CLASS_NAMES)),
+    ).eval()
+
+
+@dataclass
+class LoggedModel:
+    uri: str
+    run_id: str
+
+
+@dataclass
+class ModelSources:
+    """Models logged once per session; registries register versions of them."""
+
+    tracking_uri: str
+    tshirt: LoggedModel  # always "T-shirt/top" (class 0)
+    sneaker: LoggedModel  # always "Sneaker" (class 7)
+    varied: LoggedModel  # depends on the image
+    varied_module: torch.nn.Module
+
+
+@pytest.fixture(scope="session")
+def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("api-tests", artifact_location=(root / "art").as_uri())
+    logged: dict[str, LoggedModel] = {}
+    varied = image_dependent_model()
+    for key, module in (
+        ("tshirt", constant_model(0)),
+        ("sneaker", constant_model(7)),
+        ("varied", varied),
+    ):
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            mlflow.log_params({"data_md5": f"md5-{key}"})
+            mlflow.log_metrics({"test_accuracy": 0.91, "test_macro_f1": 0.9})
+            info = log_classifier(module)
+        # The artifact location, not ``models:/m-...``: resolving a logged-model id would go
+        # through MLflow's process-global tracking URI.
+        location = mlflow.get_logged_model(info.model_id).artifact_location
+        logged[key] = LoggedModel(uri=location, run_id=run.info.run_id)
+    mlflow.set_tracking_uri(previous_uri)  # leave the process-global URI as it was
+    return ModelSources(uri, logged["tshirt"], logged["sneaker"], logged["varied"], varied)
+
+
+@dataclass
+class Registry:
+    """One registered model (a fresh name per test) in the session's sqlite registry."""
+
+    tracking_uri: str
+    name: str
+    client: MlflowClient
+    sources: ModelSources
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def add_version(self, which: str = "tshirt", **tags: str) -> str:
+        source: LoggedModel = getattr(self.sources, which)
+        try:
+            self.client.get_registered_model(self.name)
+        except mlflow.exceptions.MlflowException:
+            self.client.create_registered_model(self.name)
+        mv = self.client.create_model_version(
+            self.name,
+            source=source.uri,
+            run_id=source.run_id,
+            tags={"data_md5": f"md5-{which}", "validation_status": "passed", **tags},
+        )
+        self.versions[str(mv.version)] = which
+        return str(mv.version)
+
+    def promote(self, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, "production", version)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.client.transition_model_version_stage(
+                self.name, version, "Production", archive_existing_versions=True
+            )
+
+    def add_production(self, which: str = "tshirt") -> str:
+        version = self.add_version(which)
+        self.promote(version)
+        return version
+
+
+@pytest.fixture
+def registry(model_sources: ModelSources) -> Registry:
+    uri = model_sources.tracking_uri
+    return Registry(
+        tracking_uri=uri,
+        name=f"clf-{os.getpid()}-{next(_names)}",
+        client=MlflowClient(tracking_uri=uri, registry_uri=uri),
+        sources=model_sources,
+    )
+
+
+def make_config(tracking_uri: str, name: str, **serve: Any) -> AppConfig:
+    settings: dict[str, Any] = {"poll_interval_s": 0.2, "retry_interval_s": 0.1, **serve}
+    return load_config(
+        overrides={
+            "mlflow": {"tracking_uri": tracking_uri, "registered_model_name": name},
+            "serve": settings,
+        },
+        environ={},
+    )
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def sample_images(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Dark-background 28×28 'garments' (a bright blob of random size and place)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        image = np.zeros((28, 28), dtype=np.uint8)
+        top, left = rng.integers(0, 12, size=2)
+        height, width = rng.integers(8, 16, size=2)
+        image[top : top + height, left : left + width] = rng.integers(120, 255)
+        image = np.clip(image + rng.integers(0, 40, size=(28, 28)), 0, 255).astype(np.uint8)
+        images.append(image)
+    return images
+
+
+# --- real uvicorn processes -----------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+
+def start_server(
+    tmp_path: Path, tracking_uri: str, name: str, *, wait_ready: bool = True, **env: str
+) -> Server:
+    port = free_port()
+    log_path = tmp_path / f"uvicorn-{port}.log"
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "MLFLOW_"))},
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_REGISTERED_MODEL_NAME": name,
+        "PROFILE": "",
+        **env,
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "src.api:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    path = "/ready" if wait_ready else "/health"
+
+    def answered() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"uvicorn exited early:\n{log_path.read_text()}")
+        try:
+            return httpx.get(server.url + path, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answered, timeout=60, interval=0.1)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=5)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[Server] = []
+
+    def factory(tracking_uri: str, name: str, **kwargs: Any) -> Server:
+        server = start_server(tmp_path, tracking_uri, name, **kwargs)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        stop_server(server)
