@@ -1,0 +1,196 @@
+"""Evaluate a classifier on a split of the prepared dataset; also a CLI.
+
+    python -m src.evaluate --model-uri models:/clothing-classifier@production [--dataset PATH]
+    python -m src.evaluate --run-id RUN_ID
+    python -m src.evaluate --checkpoint outputs/checkpoints/<run>/best.ckpt
+
+The classifier is used exactly as the API uses it (fp32, its own forward; any test-time
+augmentation is part of the model), so the printed numbers are those of the served model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+)
+
+from src.model_io import Classifier
+from src.preprocessing import normalize
+from src.training.data import load_split
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    macro_f1: float
+    per_class_f1: dict[str, float]
+    predictions: np.ndarray
+    split: str = "test"
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    probabilities: np.ndarray | None = None
+
+    def metrics(self, prefix: str | None = None) -> dict[str, float]:
+        """Flat MLflow-style metrics: ``<split>_accuracy``, ``<split>_macro_f1``, ``<split>_f1_<class>``."""
+        prefix = self.split if prefix is None else prefix
+        flat = {f"{prefix}_accuracy": self.accuracy, f"{prefix}_macro_f1": self.macro_f1}
+        for name, value in self.per_class_f1.items():
+            flat[f"{prefix}_f1_{metric_key(name)}"] = value
+        return flat
+
+    def table(self) -> str:
+        lines = [
+            f"split: {self.split} ({len(self.predictions)} images)",
+            f"accuracy: {self.accuracy:.4f}",
+            f"macro-F1: {self.macro_f1:.4f}",
+            "per-class F1:",
+        ]
+        lines += [f"  {name:<12} {value:.4f}" for name, value in self.per_class_f1.items()]
+        return "\n".join(lines)
+
+
+def metric_key(class_name: str) -> str:
+    """'T-shirt/top' -> 't_shirt_top' (safe as an MLflow metric name)."""
+    return re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_")
+
+
+def score_predictions(
+    predictions: np.ndarray, labels: np.ndarray, class_names: list[str] | tuple[str, ...]
+) -> tuple[float, float, dict[str, float], np.ndarray]:
+    """accuracy, macro-F1, per-class F1 and confusion matrix (torchmetrics)."""
+    preds = torch.as_tensor(predictions, dtype=torch.int64)
+    target = torch.as_tensor(labels, dtype=torch.int64)
+    classes = len(class_names)
+    accuracy = float(multiclass_accuracy(preds, target, classes, average="micro"))
+    macro_f1 = float(multiclass_f1_score(preds, target, classes, average="macro"))
+    per_class = multiclass_f1_score(preds, target, classes, average="none")
+    confusion = multiclass_confusion_matrix(preds, target, classes).numpy()
+    per_class_f1 = {name: float(per_class[i]) for i, name in enumerate(class_names)}
+    return accuracy, macro_f1, per_class_f1, confusion
+
+
+def evaluate_classifier(
+    classifier: Classifier,
+    dataset_path: Path | str,
+    split: str = "test",
+    batch_size: int = 1000,
+) -> EvalResult:
+    """Predict ``split`` of the prepared ``.npz`` with ``classifier`` and score it."""
+    images, labels = load_split(dataset_path, split)
+    probabilities = classifier.predict_proba_batched(normalize(images), batch_size=batch_size)
+    predictions = probabilities.argmax(axis=1).astype(np.int64)
+    accuracy, macro_f1, per_class_f1, confusion = score_predictions(
+        predictions, labels, classifier.class_names
+    )
+    return EvalResult(
+        accuracy=accuracy,
+        macro_f1=macro_f1,
+        per_class_f1=per_class_f1,
+        predictions=predictions,
+        split=split,
+        confusion=confusion,
+        probabilities=probabilities,
+    )
+
+
+def classifier_from_checkpoint(path: Path | str) -> Classifier:
+    """Rebuild the model from a Lightning checkpoint written by training (fp32, eval mode)."""
+    from src.labels import CLASS_NAMES
+    from src.training.module import FashionClassifier
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Checkpoint {path} not found; pass a .ckpt from outputs/checkpoints/."
+        )
+    # Lightning checkpoints hold plain Python state besides tensors: needs weights_only=False
+    # (torch>=2.6 defaults to True). Only load checkpoints you wrote yourself.
+    module = FashionClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    model = module.model.float().to(memory_format=torch.contiguous_format).eval()
+    return Classifier(module=model, class_names=list(CLASS_NAMES), model_uri=str(path))
+
+
+def _default_dataset() -> Path:
+    from src.config import load_config
+
+    cfg = load_config()
+    return cfg.paths.data / "prepared" / "fashion_mnist_splits.npz"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.evaluate", description=__doc__.split("\n")[0]
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model-uri", help="an MLflow model URI, e.g. models:/clothing-classifier@production"
+    )
+    source.add_argument("--run-id", help="an MLflow run whose logged model to evaluate")
+    source.add_argument("--checkpoint", help="a Lightning checkpoint (.ckpt) written by training")
+    parser.add_argument("--dataset", help="the prepared .npz (default: the data flow's output)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--no-log", action="store_true", help="do not log the metrics to MLflow")
+    args = parser.parse_args(argv)
+
+    import mlflow
+
+    from src.config import load_config
+    from src.model_io import MODEL_ARTIFACT_NAME, load_classifier
+
+    cfg = load_config()
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    dataset = Path(args.dataset) if args.dataset else _default_dataset()
+    try:
+        if args.checkpoint:
+            classifier = classifier_from_checkpoint(args.checkpoint)
+        else:
+            uri = args.model_uri or f"runs:/{args.run_id}/{MODEL_ARTIFACT_NAME}"
+            classifier = load_classifier(uri)
+        result = evaluate_classifier(classifier, dataset, split=args.split)
+    except (FileNotFoundError, ValueError, mlflow.exceptions.MlflowException) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(f"model: {classifier.model_uri}")
+    print(f"dataset: {dataset}")
+    print(result.table())
+    if not args.no_log and not args.checkpoint:
+        _log_to_mlflow(args.model_uri, args.run_id, result)
+    return 0
+
+
+def _log_to_mlflow(model_uri: str | None, run_id: str | None, result: EvalResult) -> None:
+    """Log the metrics to the model's source run, prefixed ``eval_`` (training's own stay intact)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    target_run = run_id
+    if target_run is None and model_uri is not None and model_uri.startswith("models:/"):
+        name, _, ref = model_uri[len("models:/") :].partition("@")
+        if ref:
+            target_run = client.get_model_version_by_alias(name, ref).run_id
+        else:
+            name, _, version = model_uri[len("models:/") :].partition("/")
+            if version.isdigit():
+                target_run = client.get_model_version(name, version).run_id
+    elif target_run is None and model_uri is not None and model_uri.startswith("runs:/"):
+        target_run = model_uri[len("runs:/") :].split("/")[0]
+    if target_run is None:
+        print("note: could not tell which run the model came from; metrics not logged.")
+        return
+    for key, value in result.metrics(prefix=f"eval_{result.split}").items():
+        client.log_metric(target_run, key, value)
+    print(f"logged eval_{result.split}_* metrics to run {target_run}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""LightningDataModule over the prepared ``.npz`` split (x_/y_ train, val, test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from src.preprocessing import normalize
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetFileError(ValueError):
+    """The prepared dataset file is missing or lacks the expected arrays."""
+
+
+def load_split(path: Path | str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return (uint8 images N×28×28, int64 labels N) of ``split`` from the prepared ``.npz``."""
+    path = Path(path)
+    if split not in SPLITS:
+        raise DatasetFileError(f"Unknown split {split!r}; choose one of {list(SPLITS)}.")
+    if not path.is_file():
+        raise DatasetFileError(
+            f"Prepared dataset {path} not found; run the data flow (make train) or pass --dataset."
+        )
+    with np.load(path) as data:
+        keys = (f"x_{split}", f"y_{split}")
+        missing = [key for key in keys if key not in data.files]
+        if missing:
+            raise DatasetFileError(
+                f"{path} lacks {missing}; regenerate it with the data flow (prepare_splits)."
+            )
+        return np.asarray(data[keys[0]], dtype=np.uint8), np.asarray(data[keys[1]], dtype=np.int64)
+
+
+class BatchTensorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Indexed by a list of indices: returns a whole batch with two tensor gathers (no collate loop)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index]
+
+
+def _subset(
+    images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    if limit is None or limit >= len(labels):
+        return images, labels
+    keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:limit])
+    return images[keep], labels[keep]
+
+
+class FashionDataModule(L.LightningDataModule):
+    """Normalises the prepared splits once (via :func:`src.preprocessing.normalize`) and serves batches.
+
+    Augmentation is not done here: it runs on whole batches on the device, in the LightningModule.
+    """
+
+    def __init__(
+        self,
+        dataset_path: Path | str,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        limit_train_samples: int | None = None,
+        limit_eval_samples: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.dataset_path = Path(dataset_path)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.limit_train_samples = limit_train_samples
+        self.limit_eval_samples = limit_eval_samples
+        self.num_workers = num_workers
+        self.seed = seed
+        self.datasets: dict[str, BatchTensorDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        for split in SPLITS:
+            images, labels = load_split(self.dataset_path, split)
+            limit = self.limit_train_samples if split == "train" else self.limit_eval_samples
+            if split != "test":  # the test split is always used whole (the gate compares on it)
+                images, labels = _subset(images, labels, limit, self.seed)
+            self.datasets[split] = BatchTensorDataset(normalize(images), torch.as_tensor(labels))
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        if shuffle:
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler: RandomSampler | SequentialSampler = RandomSampler(dataset, generator=generator)
+        else:
+            sampler = SequentialSampler(dataset)
+        drop_last = shuffle and len(dataset) > batch_size
+        return DataLoader(
+            dataset,
+            sampler=BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last),
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
