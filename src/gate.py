@@ -52,6 +52,16 @@ class McNemarResult:
     method: str
 
 
+def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """F1 of each class id ``0..num_classes-1`` (0 for a class neither present nor predicted)."""
+    y_true, y_pred = _check_pair(y_true, y_pred)
+    n = num_classes
+    confusion = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+    tp = np.diag(confusion).astype(np.float64)
+    denom = (confusion.sum(axis=1) + confusion.sum(axis=0)).astype(np.float64)
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None
 ) -> dict[str, float]:
@@ -60,15 +70,11 @@ def classification_metrics(
     if len(y_true) == 0:
         raise ValueError("Cannot score an empty test split; check the prepared dataset.")
     n = int(max(y_true.max(), y_pred.max()) + 1) if num_classes is None else num_classes
-    confusion = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
-    tp = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    present = (support + predicted) > 0
-    denom = support + predicted
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = np.zeros(n, dtype=bool)
+    present[np.unique(np.concatenate([y_true, y_pred]))] = True
+    f1 = per_class_f1(y_true, y_pred, n)
     return {
-        "accuracy": float(tp.sum() / len(y_true)),
+        "accuracy": float(np.mean(y_true == y_pred)),
         "macro_f1": float(f1[present].mean()),
     }
 

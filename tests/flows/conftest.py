@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -11,6 +20,8 @@ import torch
 
 from src.labels import CLASS_NAMES
 from src.model_io import log_classifier
+
+BIN = Path(sys.executable).parent
 
 
 @dataclass(frozen=True)
@@ -45,3 +56,118 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStore]:
         yield TinyStore(uri, experiment_id, info.model_uri, run.info.run_id)
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+# --- a real Prefect server on 127.0.0.1 for the flow and deployment tests -----------------------
+
+QUIET_ENV = {
+    # Never phone home from tests.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    api_url: str
+    home: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """``prefect server start`` with a temporary PREFECT_HOME; stopped after the session."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        **QUIET_ENV,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    log = (home / "server.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Prefect server did not start; see {home / 'server.log'}:\n"
+                    + (home / "server.log").read_text()[-2000:]
+                )
+            time.sleep(0.3)
+        yield PrefectServer(api_url=api_url, home=home, env=env)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def prefect_api(prefect_server: PrefectServer) -> Iterator[str]:
+    """Point in-process flows at the test server (not the user's ~/.prefect), as Prefect's own
+    ``prefect_test_harness`` does, and flush the log/event workers before leaving."""
+    import prefect.context
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}),
+        prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()),
+    ):
+        try:
+            yield prefect_server.api_url
+        finally:
+            with contextlib.suppress(RuntimeError):
+                APILogWorker.drain_all()
+            EventsWorker.drain_all()
+
+
+def api_post(api_url: str, path: str, body: dict[str, Any]) -> Any:
+    """POST to the Prefect REST API (filters) and return the decoded JSON."""
+    import httpx
+
+    response = httpx.post(f"{api_url}/{path.lstrip('/')}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def flow_run_artifacts(api_url: str, flow_run_id: str) -> dict[str, dict[str, Any]]:
+    """The artifacts a flow run (and its tasks) created, by key."""
+    found = api_post(
+        api_url, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+    )
+    return {item["key"]: item for item in found if item.get("key")}
+
+
+def task_run_states(api_url: str, flow_run_id: str) -> dict[str, str]:
+    """Task run name prefix (``download_task-0`` → ``download_task``) → state name."""
+    found = api_post(api_url, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    return {item["name"].rsplit("-", 1)[0]: item["state"]["name"] for item in found}

@@ -1,0 +1,194 @@
+"""The product's main job: the Prefect flow ``train-flow``.
+
+    reconcile registry → download → validate → version (DVC) → split      (flows/data_flow.py)
+                       → train → evaluate → register (pending) → gate → promote
+                                                                   (flows/training_tasks.py)
+
+Validation runs on the staged download *before* DVC versioning, so data that fails the
+expectations never reaches ``data/`` or the DVC remote, and the flow fails before any training.
+Download, validation and split are cached across runs on the data md5 (the data tasks own that
+policy); training, evaluation, gate and promotion always run and never retry.
+
+``python -m flows.train_flow`` (what ``make train`` runs) executes it once on the embedded defaults:
+an ephemeral Prefect API (no server to start), MLflow on ``sqlite:///mlflow.db``, the local DVC
+remote. ``PROFILE=smoke make train`` or ``--profile smoke`` selects ``configs/profiles/smoke.yaml``.
+As a deployment (``deployments/``) the same parameters arrive as the flow parameter ``params``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Literal
+
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.training_tasks import (
+    evaluate_task,
+    gate_task,
+    promote_task,
+    reconcile_task,
+    register_task,
+    train_task,
+)
+from src.config import AppConfig, ConfigError, load_config
+
+
+class TrainFlowParams(BaseModel):
+    """The train-flow's parameters. ``None`` means "as configured" (``configs/``, the profile,
+    then ``DATA_*``/``TRAIN_*``/``GATE_*`` environment variables); a value overrides that."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str | None = Field(
+        default=None,
+        description="A profile in configs/profiles/ (e.g. 'smoke'); default: $PROFILE, else none.",
+    )
+    data_source: str | None = Field(
+        default=None, description="'kaggle', 'url' or a local folder (data.source)."
+    )
+    max_epochs: int | None = Field(default=None, ge=1, description="train.max_epochs")
+    limit_train_samples: int | None = Field(
+        default=None, ge=1, description="train.limit_train_samples (cap on training images)"
+    )
+    min_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="gate.min_accuracy (floor on the test split)"
+    )
+    min_macro_f1: float | None = Field(
+        default=None, ge=0, le=1, description="gate.min_macro_f1 (floor on the test split)"
+    )
+    comparison: Literal["mcnemar", "margin"] | None = Field(
+        default=None, description="gate.comparison with the Production model"
+    )
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """The non-empty fields as ``load_config`` overrides."""
+        placement = {
+            "data_source": ("data", "source"),
+            "max_epochs": ("train", "max_epochs"),
+            "limit_train_samples": ("train", "limit_train_samples"),
+            "min_accuracy": ("gate", "min_accuracy"),
+            "min_macro_f1": ("gate", "min_macro_f1"),
+            "comparison": ("gate", "comparison"),
+        }
+        overrides: dict[str, dict[str, Any]] = {}
+        for field_name, (section, key) in placement.items():
+            value = getattr(self, field_name)
+            if value is not None:
+                overrides.setdefault(section, {})[key] = value
+        return overrides
+
+    def load_config(self) -> AppConfig:
+        return load_config(profile=self.profile, overrides=self.overrides())
+
+
+def prepare_data(cfg: AppConfig) -> Any:
+    """download → validate → version → split (the data engineer's tasks, ``flows/data_flow.py``)."""
+    from flows import data_flow
+
+    return data_flow.prepare_data(cfg)
+
+
+@flow(
+    name="train-flow",
+    description="Download, validate, version and split Fashion-MNIST; train, evaluate, gate and "
+    "promote a classifier in the MLflow registry.",
+    log_prints=True,
+)
+def train_flow(params: TrainFlowParams | None = None) -> dict[str, Any]:
+    params = params or TrainFlowParams()
+    cfg = params.load_config()
+    print(
+        f"train-flow: profile={cfg.profile} data.source={cfg.data.source} "
+        f"tracking={cfg.tracking_uri} model={cfg.mlflow.registered_model_name}"
+    )
+    production_before = reconcile_task(cfg)
+    prepared = prepare_data(cfg)
+    trained = train_task(prepared, cfg)
+    evaluation = evaluate_task(prepared, trained, cfg)
+    version = register_task(prepared, trained, evaluation, cfg)
+    outcome = gate_task(prepared, trained, evaluation, version, cfg)
+    promotion = promote_task(version, outcome, cfg)
+    return {
+        "profile": cfg.profile,
+        "tracking_uri": cfg.tracking_uri,
+        "registered_model_name": cfg.mlflow.registered_model_name,
+        "data_md5": prepared.data_md5,
+        "split_hash": prepared.split_hash,
+        "run_id": trained.run_id,
+        "candidate_version": version,
+        "test_accuracy": evaluation.accuracy,
+        "test_macro_f1": evaluation.macro_f1,
+        "per_class_f1": evaluation.per_class_f1,
+        "gate_passed": outcome.decision.passed,
+        "gate_reasons": outcome.decision.reasons,
+        "champion_version": outcome.champion_version,
+        "promoted": promotion["promoted"],
+        "production_before": production_before,
+        "production_version": promotion["production_version"],
+    }
+
+
+def where_to_look(summary: dict[str, Any]) -> str:
+    """The text ``make train`` ends with."""
+    uri = str(summary["tracking_uri"])
+    name = summary["registered_model_name"]
+    production = summary["production_version"]
+    verdict = "promoted to Production" if summary["promoted"] else "NOT promoted"
+    lines = [
+        "",
+        f"Candidate {name} v{summary['candidate_version']} (run {summary['run_id']}): {verdict}.",
+        f"  test accuracy {summary['test_accuracy']:.4f}, macro-F1 {summary['test_macro_f1']:.4f}",
+    ]
+    lines += [f"  F1 {label:<12} {value:.4f}" for label, value in summary["per_class_f1"].items()]
+    lines += [f"  gate: {reason}" for reason in summary["gate_reasons"]]
+    lines += [
+        f"Production: {name} v{production} (models:/{name}@production)"
+        if production
+        else "Production: none yet",
+        f"Data md5 {summary['data_md5']}, split hash {summary['split_hash']}.",
+        "Browse runs and the registry:",
+        f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   "
+        "(or `make mlflow-ui`), then http://127.0.0.1:5000",
+        "Serve the Production model: make serve",
+        "Prefect runs and artifacts persist only with a server: `prefect server start`, "
+        "then http://127.0.0.1:4200 (see README, Deployments).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.train_flow", description="Run the train-flow once, locally."
+    )
+    parser.add_argument("--profile", help="configs/profiles/<name>.yaml (default: $PROFILE)")
+    parser.add_argument("--data-source", help="kaggle | url | /path/to/folder")
+    parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--limit-train-samples", type=int)
+    args = parser.parse_args(argv)
+    try:
+        params = TrainFlowParams(
+            profile=args.profile,
+            data_source=args.data_source,
+            max_epochs=args.max_epochs,
+            limit_train_samples=args.limit_train_samples,
+        )
+        params.load_config()  # fail fast on a bad profile or setting, before Prefect starts
+        summary = train_flow(params)
+    except ConfigError as exc:
+        print(f"train-flow: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(
+            f"train-flow failed: {type(exc).__name__}: {exc}\n"
+            "The log above names the failed step; fix the cause and run `make train` again.",
+            file=sys.stderr,
+        )
+        return 1
+    print(where_to_look(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""Prefect tasks for the model half of the train-flow: train → evaluate → register → gate → promote.
+
+The work is done by plain functions in ``src/`` (training, evaluation, :mod:`src.gate`,
+:mod:`src.registry`); these tasks add logging, Prefect artifacts and the MLflow bookkeeping that
+ties the steps together. None of them retries: a failed training run, a failed evaluation or a
+refused promotion is not transient, and retrying would only hide it (the registry steps are
+repaired by ``reconcile_production`` at the start of the next run instead).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import mlflow
+import numpy as np
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from src import registry
+from src.config import AppConfig
+from src.gate import GateDecision, classification_metrics, evaluate_gate, per_class_f1
+
+# Where the candidate's predictions on the test split are kept in its MLflow run, so a later
+# challenger on the same split hash can be compared with it without re-scoring.
+PREDICTIONS_ARTIFACT = "gate/test_predictions.npy"
+
+
+class PreparedLike(Protocol):
+    """What the data tasks hand over (``src.data.PreparedData``)."""
+
+    dataset_path: Path
+    split_hash: str
+    data_md5: str
+
+
+class TrainResultLike(Protocol):
+    """What training hands over (``src.training.TrainResult``)."""
+
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+
+
+@dataclass
+class Evaluation:
+    """The logged (to-be-served) model scored on the test split."""
+
+    accuracy: float
+    macro_f1: float
+    per_class_f1: dict[str, float]
+    n_test: int
+    predictions_path: Path
+    metrics_table: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class GateOutcome:
+    decision: GateDecision
+    champion_version: str | None
+    champion_source: str | None
+
+
+def _use_tracking(cfg: AppConfig) -> None:
+    # load_classifier and models:/ URIs go through MLflow's global tracking/registry URI.
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.tracking_uri)
+
+
+def score_model(
+    model_uri: str, dataset_path: Path, batch_size: int = 1024
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Load ``model_uri`` exactly as the API does and score it on the whole test split.
+
+    Returns (metrics, predicted class ids): accuracy, macro-F1 and F1 per class name.
+    """
+    from src.model_io import load_classifier
+    from src.preprocessing import normalize
+
+    classifier = load_classifier(model_uri)
+    with np.load(dataset_path) as data:
+        x_test, y_test = data["x_test"], np.asarray(data["y_test"], dtype=np.int64)
+    probabilities = classifier.predict_proba_batched(normalize(x_test), batch_size=batch_size)
+    predictions = probabilities.argmax(axis=1).astype(np.int64)
+    names = classifier.class_names
+    metrics: dict[str, Any] = classification_metrics(y_test, predictions, len(names))
+    f1 = per_class_f1(y_test, predictions, len(names))
+    metrics["per_class_f1"] = {name: float(value) for name, value in zip(names, f1, strict=True)}
+    return metrics, predictions
+
+
+def load_test_labels(dataset_path: Path) -> np.ndarray:
+    with np.load(dataset_path) as data:
+        return np.asarray(data["y_test"], dtype=np.int64)
+
+
+@task(name="reconcile-registry", cache_policy=NO_CACHE, persist_result=False)
+def reconcile_task(cfg: AppConfig) -> str | None:
+    """Repair alias/stage drift left by a crashed run; return the Production version."""
+    logger = get_run_logger()
+    client = registry.get_client(cfg.tracking_uri)
+    report = registry.reconcile_production(client, cfg.mlflow.registered_model_name)
+    for action in report.actions:
+        logger.warning("Registry repaired: %s", action)
+    logger.info("Production before this run: %s", report.production_version or "none")
+    return report.production_version
+
+
+@task(name="train", cache_policy=NO_CACHE, persist_result=False)
+def train_task(prepared: PreparedLike, cfg: AppConfig) -> TrainResultLike:
+    from src.training import train_model
+
+    result: TrainResultLike = train_model(prepared, cfg)
+    get_run_logger().info("Trained run %s -> %s", result.run_id, result.model_uri)
+    return result
+
+
+@task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
+def evaluate_task(prepared: PreparedLike, trained: TrainResultLike, cfg: AppConfig) -> Evaluation:
+    """Score the logged model — the exact artefact that would be served — on the test split,
+    keep its predictions in the run, and publish the metrics table."""
+    _use_tracking(cfg)
+    metrics, predictions = score_model(trained.model_uri, prepared.dataset_path)
+    y_true = load_test_labels(prepared.dataset_path)
+    if len(predictions) != len(y_true):
+        raise ValueError(
+            f"Evaluation returned {len(predictions)} predictions for {len(y_true)} test images; "
+            "the evaluation must cover the whole test split."
+        )
+    out_dir = cfg.paths.outputs / "gate"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions_path = out_dir / f"{trained.run_id}_test_predictions.npy"
+    np.save(predictions_path, predictions)
+    client = registry.get_client(cfg.tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
+        np.save(staged, predictions)
+        client.log_artifact(trained.run_id, str(staged), str(Path(PREDICTIONS_ARTIFACT).parent))
+
+    rows: list[dict[str, Any]] = [
+        {"metric": "test accuracy (served model)", "value": round(metrics["accuracy"], 4)},
+        {"metric": "test macro-F1 (served model)", "value": round(metrics["macro_f1"], 4)},
+    ]
+    rows += [
+        {"metric": f"test F1 {name}", "value": round(value, 4)}
+        for name, value in metrics["per_class_f1"].items()
+    ]
+    rows += [
+        {"metric": f"training run: {key}", "value": round(float(value), 4)}
+        for key, value in sorted(trained.metrics.items())
+    ]
+    create_table_artifact(
+        table=rows,
+        key="train-metrics",
+        description=(
+            f"MLflow run {trained.run_id}; {len(y_true)} test images; data md5 "
+            f"{prepared.data_md5}; split hash {prepared.split_hash}"
+        ),
+    )
+    get_run_logger().info(
+        "Served model on the test split: accuracy %.4f, macro-F1 %.4f",
+        metrics["accuracy"],
+        metrics["macro_f1"],
+    )
+    return Evaluation(
+        accuracy=metrics["accuracy"],
+        macro_f1=metrics["macro_f1"],
+        per_class_f1=metrics["per_class_f1"],
+        n_test=len(y_true),
+        predictions_path=predictions_path,
+        metrics_table=rows,
+    )
+
+
+@task(name="register-candidate", cache_policy=NO_CACHE, persist_result=False)
+def register_task(
+    prepared: PreparedLike, trained: TrainResultLike, evaluation: Evaluation, cfg: AppConfig
+) -> str:
+    """Register the candidate as a new version tagged ``validation_status=pending``."""
+    client = registry.get_client(cfg.tracking_uri)
+    mv = registry.register_candidate(
+        client,
+        cfg.mlflow.registered_model_name,
+        model_uri=trained.model_uri,
+        run_id=trained.run_id,
+        tags={
+            "data_md5": prepared.data_md5,
+            "split_hash": prepared.split_hash,
+            "test_accuracy": f"{evaluation.accuracy:.6f}",
+            "test_macro_f1": f"{evaluation.macro_f1:.6f}",
+            "profile": cfg.profile,
+        },
+    )
+    get_run_logger().info(
+        "Registered %s version %s (pending)", cfg.mlflow.registered_model_name, mv.version
+    )
+    return str(mv.version)
+
+
+def champion_predictions(
+    client: Any,
+    champion: ModelVersion,
+    name: str,
+    prepared: PreparedLike,
+    n_test: int,
+) -> tuple[np.ndarray, str]:
+    """Production's predictions on the candidate's test split: reused from its run when it was
+    scored on the same split hash, otherwise re-scored from the registry."""
+    if champion.tags.get("split_hash") == prepared.split_hash and champion.run_id:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = client.download_artifacts(champion.run_id, PREDICTIONS_ARTIFACT, tmp)
+                stored = np.load(local)
+            if len(stored) == n_test:
+                return stored.astype(np.int64), "stored predictions (same split hash)"
+        except (MlflowException, OSError, ValueError):
+            pass
+    _, predictions = score_model(f"models:/{name}/{champion.version}", prepared.dataset_path)
+    return predictions, "re-scored on this run's test split"
+
+
+@task(name="gate", cache_policy=NO_CACHE, persist_result=False)
+def gate_task(
+    prepared: PreparedLike,
+    trained: TrainResultLike,
+    evaluation: Evaluation,
+    candidate_version: str,
+    cfg: AppConfig,
+) -> GateOutcome:
+    """Floors, then the comparison with Production on the same test split."""
+    logger = get_run_logger()
+    _use_tracking(cfg)
+    name = cfg.mlflow.registered_model_name
+    client = registry.get_client(cfg.tracking_uri)
+    y_true = load_test_labels(prepared.dataset_path)
+    candidate = np.load(evaluation.predictions_path)
+    champion = registry.current_production(client, name)
+    champion_pred: np.ndarray | None = None
+    champion_version = champion_source = None
+    if champion is not None and str(champion.version) != candidate_version:
+        champion_version = str(champion.version)
+        champion_pred, champion_source = champion_predictions(
+            client, champion, name, prepared, len(y_true)
+        )
+        logger.info("Production v%s: %s", champion_version, champion_source)
+    decision = evaluate_gate(
+        y_true, candidate, cfg.gate, champion_pred=champion_pred, champion_version=champion_version
+    )
+    decision.details.update(
+        candidate_version=candidate_version,
+        champion_predictions=champion_source,
+        split_hash=prepared.split_hash,
+        data_md5=prepared.data_md5,
+    )
+    client.log_dict(trained.run_id, _jsonable(asdict(decision)), "gate/decision.json")
+    create_markdown_artifact(
+        markdown=gate_markdown(decision, name, candidate_version),
+        key="gate-decision",
+        description=decision.summary()[:200],
+    )
+    (logger.info if decision.passed else logger.warning)("Gate %s", decision.summary())
+    return GateOutcome(decision, champion_version, champion_source)
+
+
+@task(name="promote", cache_policy=NO_CACHE, persist_result=False)
+def promote_task(candidate_version: str, outcome: GateOutcome, cfg: AppConfig) -> dict[str, Any]:
+    """Tag the verdict on the version; a passing one becomes Production (alias + stage)."""
+    name = cfg.mlflow.registered_model_name
+    client = registry.get_client(cfg.tracking_uri)
+    result = registry.promote_candidate(
+        client,
+        name,
+        candidate_version,
+        passed=outcome.decision.passed,
+        reasons=outcome.decision.reasons,
+        details=outcome.decision.details,
+    )
+    create_markdown_artifact(
+        markdown=(
+            f"## Promotion: {name}\n\n{result.summary()}\n\n"
+            f"| | |\n|---|---|\n| candidate | v{result.version} |\n"
+            f"| validation_status | {result.status} |\n| promoted | {result.promoted} |\n"
+            f"| Production now | v{result.production_version or '-'} |\n"
+            f"| Production before | v{result.previous_production_version or '-'} |\n"
+            f"| served as | `models:/{name}@{registry.PRODUCTION_ALIAS}` |\n"
+        ),
+        key="promotion",
+        description=result.summary(),
+    )
+    get_run_logger().info(result.summary())
+    return asdict(result)
+
+
+def gate_markdown(decision: GateDecision, name: str, version: str) -> str:
+    verdict = "PASSED" if decision.passed else "FAILED"
+    lines = [f"## Gate {verdict}: {name} v{version}", ""]
+    lines += [f"- {reason}" for reason in decision.reasons]
+    lines += ["", "| detail | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in decision.details.items()]
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
