@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from src import registry
 from src.config import AppConfig
-from src.gate import GateDecision, classification_metrics, evaluate_gate, per_class_f1
+from src.gate import GateDecision, evaluate_gate
 
 # Where the candidate's predictions on the test split are kept in its MLflow run, so a later
 # challenger on the same split hash can be compared with it without re-scoring.
@@ -73,26 +73,21 @@ def _use_tracking(cfg: AppConfig) -> None:
     mlflow.set_registry_uri(cfg.tracking_uri)
 
 
-def score_model(
-    model_uri: str, dataset_path: Path, batch_size: int = 1024
-) -> tuple[dict[str, Any], np.ndarray]:
+def score_model(model_uri: str, dataset_path: Path) -> tuple[dict[str, Any], np.ndarray]:
     """Load ``model_uri`` exactly as the API does and score it on the whole test split.
 
-    Returns (metrics, predicted class ids): accuracy, macro-F1 and F1 per class name.
+    Returns (metrics, predicted class ids); metrics: accuracy, macro_f1, per_class_f1 by name.
     """
+    from src.evaluate import evaluate_classifier
     from src.model_io import load_classifier
-    from src.preprocessing import normalize
 
-    classifier = load_classifier(model_uri)
-    with np.load(dataset_path) as data:
-        x_test, y_test = data["x_test"], np.asarray(data["y_test"], dtype=np.int64)
-    probabilities = classifier.predict_proba_batched(normalize(x_test), batch_size=batch_size)
-    predictions = probabilities.argmax(axis=1).astype(np.int64)
-    names = classifier.class_names
-    metrics: dict[str, Any] = classification_metrics(y_test, predictions, len(names))
-    f1 = per_class_f1(y_test, predictions, len(names))
-    metrics["per_class_f1"] = {name: float(value) for name, value in zip(names, f1, strict=True)}
-    return metrics, predictions
+    result = evaluate_classifier(load_classifier(model_uri), dataset_path, split="test")
+    metrics = {
+        "accuracy": float(result.accuracy),
+        "macro_f1": float(result.macro_f1),
+        "per_class_f1": {name: float(value) for name, value in result.per_class_f1.items()},
+    }
+    return metrics, np.asarray(result.predictions, dtype=np.int64)
 
 
 def load_test_labels(dataset_path: Path) -> np.ndarray:
@@ -151,6 +146,13 @@ def evaluate_task(prepared: PreparedLike, trained: TrainResultLike, cfg: AppConf
         {"metric": f"test F1 {name}", "value": round(value, 4)}
         for name, value in metrics["per_class_f1"].items()
     ]
+    trainer_predictions = getattr(trained, "test_predictions_path", None)
+    if trainer_predictions is not None and Path(trainer_predictions).is_file():
+        # The trainer scored its in-memory model; this run scored the logged artefact.
+        from_trainer = np.load(trainer_predictions)
+        if len(from_trainer) == len(predictions):
+            agreement = float(np.mean(from_trainer == predictions))
+            rows.append({"metric": "agreement with the trainer's predictions", "value": agreement})
     rows += [
         {"metric": f"training run: {key}", "value": round(float(value), 4)}
         for key, value in sorted(trained.metrics.items())
