@@ -22,7 +22,7 @@ import sys
 from typing import Any, Literal
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows.training_tasks import (
     evaluate_task,
@@ -178,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = train_flow(params)
     except ConfigError as exc:
         print(f"train-flow: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"train-flow: invalid parameter ({problems}); see --help.", file=sys.stderr)
         return 2
     except Exception as exc:
         print(

@@ -1,0 +1,94 @@
+"""The deployment definitions: deployments/prefect.yaml and deployments/deploy.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+
+from flows.train_flow import TrainFlowParams
+from src.config import load_config
+from tests.flows.conftest import BIN, PrefectServer
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
+
+
+def test_prefect_yaml_matches_the_flow_config() -> None:
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    [deployment] = spec["deployments"]
+    cfg = load_config(environ={})
+    assert deployment["name"] == cfg.flow.deployment_name
+    assert deployment["entrypoint"] == "flows/train_flow.py:train_flow"
+    [schedule] = deployment["schedules"]
+    assert schedule["cron"] == cfg.flow.schedule_cron
+    assert schedule["timezone"] == cfg.flow.schedule_timezone
+    assert deployment["work_pool"]["name"] == cfg.flow.work_pool
+    # The deployment's parameters are valid TrainFlowParams.
+    TrainFlowParams.model_validate(deployment["parameters"]["params"])
+
+
+def test_deploy_script_registers_a_scheduled_deployment_from_config(
+    prefect_server: PrefectServer,
+) -> None:
+    env = {
+        **prefect_server.env,
+        "FLOW_DEPLOYMENT_NAME": "nightly-test",
+        "FLOW_SCHEDULE_CRON": "30 2 * * *",
+        "FLOW_WORK_POOL": "script-pool",
+    }
+    env.pop("PROFILE", None)
+    result = subprocess.run(
+        [sys.executable, "deployments/deploy.py", "--profile", "smoke"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "train-flow/nightly-test" in result.stdout
+    api = prefect_server.api_url
+    deployment = httpx.get(f"{api}/deployments/name/train-flow/nightly-test", timeout=10).json()
+    assert deployment["work_pool_name"] == "script-pool"
+    assert deployment["parameters"]["params"]["profile"] == "smoke"
+    [schedule] = deployment["schedules"]
+    assert schedule["schedule"]["cron"] == "30 2 * * *"
+    assert schedule["schedule"]["timezone"] == "UTC"
+    pool = httpx.get(f"{api}/work_pools/script-pool", timeout=10).json()
+    assert pool["type"] == "process"
+    assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][
+        "directory"
+    ] == str(REPO)
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    result = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_prefect_yaml_deploys_with_the_cli(prefect_server: PrefectServer) -> None:
+    env = dict(prefect_server.env)
+    _cli(env, "work-pool", "create", "local-process", "--type", "process", "--overwrite")
+    out = _cli(env, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML), "--all")
+    assert "train-flow/weekly" in out
+    api = prefect_server.api_url
+    deployment = httpx.get(f"{api}/deployments/name/train-flow/weekly", timeout=10).json()
+    assert deployment["work_pool_name"] == "local-process"
+    assert deployment["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
+    assert os.path.samefile(
+        deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"],
+        REPO,
+    )
