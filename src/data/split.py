@@ -1,0 +1,141 @@
+"""Deterministic 70/15/15 split, stratified by label, with duplicate images kept together.
+
+Identical on every run and machine: image groups come from ``np.unique`` over the raw pixel
+bytes (ordered by content, no ``hash()``), groups are ordered by their first row, and one
+``numpy.random.default_rng(seed)`` stream shuffles the groups of class 0, then 1, ... 9. Every copy
+of an image lands in the same part, so no image (nor a duplicate of it) is in two parts.
+The split hash is the sha256 of the three sorted index arrays (int64 little-endian).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src.config.data import DataConfig
+from src.data.io import read_images
+
+PARTS = ("train", "val", "test")
+DATASET_FILE = "splits.npz"
+META_FILE = "split.json"
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What training receives: the split ``.npz`` plus the hashes it records."""
+
+    dataset_path: Path
+    split_hash: str
+    data_md5: str
+    counts: dict[str, int]
+
+
+def image_groups(images: np.ndarray) -> np.ndarray:
+    """A group id per image; identical images share one id (ids ordered by content)."""
+    flat = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
+    rows = flat.view(np.dtype((np.void, flat.shape[1]))).ravel()
+    _, inverse = np.unique(rows, return_inverse=True)
+    return inverse.ravel().astype(np.int64)
+
+
+def split_indices(
+    images: np.ndarray,
+    labels: np.ndarray,
+    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15),
+    seed: int = 42,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted row indices of (train, val, test); stratified by label, duplicates grouped."""
+    labels = np.asarray(labels, dtype=np.int64)
+    groups = image_groups(images)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    first_row = np.full(n_groups, len(groups), dtype=np.int64)
+    np.minimum.at(first_row, groups, np.arange(len(groups)))
+    group_size = np.bincount(groups, minlength=n_groups)
+    group_label = labels[first_row] if n_groups else np.zeros(0, dtype=np.int64)
+    order = np.argsort(first_row, kind="stable")  # groups by first appearance
+    rng = np.random.default_rng(seed)
+    part_of_group = np.zeros(n_groups, dtype=np.int64)
+    for label in np.unique(group_label):
+        members = order[group_label[order] == label]
+        members = members[rng.permutation(len(members))]
+        sizes = group_size[members]
+        total = int(sizes.sum())
+        bounds = np.round(np.cumsum(fractions)[:2] * total)
+        starts = np.cumsum(sizes) - sizes
+        part_of_group[members] = np.searchsorted(bounds, starts, side="right")
+    part_of_row = part_of_group[groups]
+    train, val, test = (np.flatnonzero(part_of_row == p).astype(np.int64) for p in range(3))
+    return train, val, test
+
+
+def split_hash(train: np.ndarray, val: np.ndarray, test: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for name, idx in zip(PARTS, (train, val, test), strict=True):
+        digest.update(name.encode())
+        digest.update(np.asarray(idx, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def _load_existing(folder: Path, data_md5: str, cfg: DataConfig) -> PreparedData | None:
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    dataset = folder / DATASET_FILE
+    same = (
+        meta.get("data_md5") == data_md5
+        and meta.get("seed") == cfg.split_seed
+        and meta.get("fractions") == list(cfg.split_fractions)
+        and dataset.is_file()
+        and dataset.stat().st_size == meta.get("bytes")
+    )
+    if not same:
+        return None
+    return PreparedData(dataset, str(meta["split_hash"]), data_md5, dict(meta["counts"]))
+
+
+def prepare_splits(
+    data_dir: Path, data_md5: str, cfg: DataConfig, output_root: Path, *, reuse: bool = True
+) -> PreparedData:
+    """Split the data set in ``data_dir`` and write ``output_root/<data_md5>/splits.npz``.
+
+    The ``.npz`` holds ``x_/y_train``, ``x_/y_val``, ``x_/y_test`` (uint8 N×28×28, int64 N) and the
+    row indices ``idx_train/val/test``; ``split.json`` beside it records the split hash, seed,
+    fractions and counts. An existing split for the same md5, seed and fractions is reused.
+    """
+    folder = output_root / data_md5
+    if reuse and (existing := _load_existing(folder, data_md5, cfg)) is not None:
+        return existing
+    images, labels = read_images(data_dir)
+    train, val, test = split_indices(images, labels, cfg.split_fractions, cfg.split_seed)
+    digest = split_hash(train, val, test)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    for name, idx in zip(PARTS, (train, val, test), strict=True):
+        arrays[f"x_{name}"] = images[idx]
+        arrays[f"y_{name}"] = labels[idx]
+        arrays[f"idx_{name}"] = idx
+    dataset = folder / DATASET_FILE
+    tmp = folder / f".{DATASET_FILE}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    tmp.replace(dataset)
+    counts = {name: len(idx) for name, idx in zip(PARTS, (train, val, test), strict=True)}
+    meta = {
+        "data_md5": data_md5,
+        "split_hash": digest,
+        "seed": cfg.split_seed,
+        "fractions": list(cfg.split_fractions),
+        "counts": counts,
+        "class_counts": {
+            name: np.bincount(labels[idx], minlength=10).tolist()
+            for name, idx in zip(PARTS, (train, val, test), strict=True)
+        },
+        "bytes": dataset.stat().st_size,
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    return PreparedData(dataset, digest, data_md5, counts)

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.config.data import DataConfig
+from src.data.io import arrays_to_table
+from src.data.validation import DataValidationError, validate
+
+
+def _table(tiny: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
+    return arrays_to_table(*tiny).astype({"pixel1": "int64"})
+
+
+def test_valid_tiny_table_passes_and_saves_json(
+    tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray], cfg: DataConfig
+) -> None:
+    report = validate(arrays_to_table(*tiny), cfg, output_dir=tmp_path, result_name="tiny")
+    assert report.success and report.n_rows == 200 and len(report.results) == 12
+    saved = json.loads((tmp_path / "tiny.json").read_text())
+    assert saved["success"] is True
+    assert set(saved["great_expectations"]) == {"table", "rows", "classes"}
+    assert "# Data validation PASSED" in report.markdown
+    assert "expect_column_values_to_be_between | rows.pixel_max | pass" in report.markdown
+
+
+def _set(row: int, col: str, value: object) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table = table.astype({col: "float64"})
+        table.loc[row, col] = value
+        return table
+
+    return edit
+
+
+def _rename(table: pd.DataFrame) -> pd.DataFrame:
+    return table.rename(columns={"pixel5": "px5"})
+
+
+def _relabel_to_class_0(table: pd.DataFrame) -> pd.DataFrame:
+    rows = table.index[table["label"] == 1][:15]
+    table.loc[rows, "label"] = 0  # class 0: 35/200 = 17.5 %, class 1: 2.5 %
+    return table
+
+
+def _too_many_rows(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([table] * 6, ignore_index=True)  # 1200 rows > max_rows 1000
+
+
+CASES = [
+    ("pixel above 255", _set(17, "pixel300", 256), "rows.pixel_max", "row 17 pixel300=256"),
+    ("negative pixel", _set(3, "pixel1", -1), "rows.pixel_min", "row 3 pixel1=-1"),
+    (
+        "fractional pixel",
+        _set(42, "pixel784", 12.5),
+        "rows.pixel_non_integer",
+        "row 42 pixel784=12.5",
+    ),
+    ("null pixel", _set(9, "pixel77", np.nan), "rows.pixel_nulls", "row 9 pixel77=nan"),
+    ("label out of range", _set(5, "label", 10), "rows.label", "row 5: label=10"),
+    ("null label", _set(6, "label", np.nan), "rows.label", "expect_column_values_to_not_be_null"),
+    ("renamed column", _rename, "table", "column 5: 'px5' (expected 'pixel5')"),
+    ("class imbalance", _relabel_to_class_0, "classes.share", "class 0: 17.50% (35 rows)"),
+    ("row count", _too_many_rows, "table", "expect_table_row_count_to_be_between"),
+]
+
+
+@pytest.mark.parametrize(("case", "edit", "target", "needle"), CASES, ids=[c[0] for c in CASES])
+def test_each_failure_mode_is_named(
+    case: str,
+    edit: Callable[[pd.DataFrame], pd.DataFrame],
+    target: str,
+    needle: str,
+    tiny: tuple[np.ndarray, np.ndarray],
+    cfg: DataConfig,
+    tmp_path: Path,
+) -> None:
+    table = edit(arrays_to_table(*tiny))
+    with pytest.raises(DataValidationError) as caught:
+        validate(table, cfg, output_dir=tmp_path)
+    message = str(caught.value)
+    assert needle in message
+    assert target in {f.target for f in caught.value.report.failures}
+    assert "DATA_SOURCE=/path/to/folder" in message
+    saved = json.loads((tmp_path / "validation.json").read_text())
+    assert saved["success"] is False
+    assert "FAILED" in caught.value.report.markdown
+
+
+def test_duplicate_policy(tiny: tuple[np.ndarray, np.ndarray], cfg: DataConfig) -> None:
+    images, labels = (a.copy() for a in tiny)
+    # Two same-label duplicates (1 % of rows) are tolerated at max_duplicate_fraction 5 %.
+    same = [i for i in range(1, 200) if labels[i] == labels[0]][:2]
+    images[same] = images[0]
+    report = validate(arrays_to_table(images, labels), cfg)
+    assert report.success
+    assert report.stats["duplicate_rows"] == 2 and report.stats["duplicate_groups"] == 1
+    # ...but not above the threshold.
+    strict = cfg.model_copy(update={"max_duplicate_fraction": 0.005})
+    with pytest.raises(
+        DataValidationError, match=r"image_hash.*2 duplicate image rows \(1\.0000%\)"
+    ):
+        validate(arrays_to_table(images, labels), strict)
+    # An identical image with a different label fails whatever the threshold.
+    other = next(i for i in range(1, 200) if labels[i] != labels[0])
+    images[other] = images[0]
+    with pytest.raises(DataValidationError) as caught:
+        validate(arrays_to_table(images, labels), cfg)
+    assert [f.target for f in caught.value.report.failures] == ["rows.duplicate_label_conflict"]
+    assert f"{other} (label {labels[other]})" in str(caught.value)
