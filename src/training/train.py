@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -55,7 +55,9 @@ class TrainResult:
     onnx_path: Path | None = None
 
 
-def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor | int], None]:
+def ema_update(
+    decay: float,
+) -> Callable[[Sequence[Tensor], Sequence[Tensor], Tensor | int], None]:
     """EMA for ``AveragedModel`` with the usual warmup: decay min(decay, (1+n)/(10+n)) at update n.
 
     Without the warmup the average is dominated by the random initial weights for the first
@@ -63,7 +65,9 @@ def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor | i
     """
 
     @torch.no_grad()
-    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor | int) -> None:
+    def update(
+        averaged: Sequence[Tensor], current: Sequence[Tensor], num_averaged: Tensor | int
+    ) -> None:
         n = float(num_averaged)
         effective = min(decay, (1.0 + n) / (10.0 + n))
         floating = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
@@ -254,7 +258,9 @@ def train_model(prepared: PreparedLike, cfg: AppConfig) -> TrainResult:
             enable_model_summary=tcfg.progress_bar,
             num_sanity_val_steps=0,
             check_val_every_n_epoch=tcfg.check_val_every_n_epoch,
-            log_every_n_steps=50,
+            log_every_n_steps=max(
+                1, min(50, len(datamodule.datasets["train"]) // tcfg.batch_size // 4)
+            ),
             deterministic=False,
             default_root_dir=str(checkpoint_root),
         )

@@ -1,0 +1,77 @@
+"""Model presets, batched augmentation, and train/serve preprocessing consistency."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src.config.train import MODEL_PRESETS, TrainConfig
+from src.model import build_model
+from src.preprocessing import normalize, preprocess_image
+from src.training.augment import BACKGROUND, augment_batch, random_crop, random_erasing
+from src.training.data import FashionDataModule
+
+
+@pytest.mark.parametrize("preset", [*MODEL_PRESETS, "custom"])
+def test_every_preset_builds_and_gives_logits(preset: str) -> None:
+    cfg = TrainConfig(model_preset=preset, widths=(8, 16), blocks_per_stage=1)  # type: ignore[arg-type]
+    model = build_model(cfg)
+    x = torch.randn(3, 1, 28, 28)
+    model.train()
+    assert model(x).shape == (3, 10)
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (3, 10)
+
+
+def test_flip_tta_averages_mirror_logits() -> None:
+    model = build_model(TrainConfig(flip_tta=True)).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        expected = (model.forward_single(x) + model.forward_single(x.flip(3))) / 2
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+        # Mirror-invariant by construction.
+        torch.testing.assert_close(model(x.flip(3)), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_augmentation_keeps_shape_and_content() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = normalize(np.random.default_rng(0).integers(0, 256, (16, 28, 28), dtype=np.uint8))
+    out = augment_batch(x, crop_padding=2, hflip=True, erasing_p=0.5, generator=generator)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert torch.equal(random_crop(x, 0), x)
+    assert torch.equal(random_erasing(x, 0.0), x)
+    # A crop shifts by at most `padding` pixels: the padded border is background.
+    shifted = random_crop(x, 2, generator)
+    assert (shifted == BACKGROUND).any()
+
+
+def test_training_batch_path_equals_api_path(tmp_path: Path) -> None:
+    """A 28x28 grayscale image gives the same tensor via the datamodule and the API's preprocessing."""
+    rng = np.random.default_rng(1)
+    garment = np.zeros((28, 28), dtype=np.uint8)
+    garment[4:24, 6:22] = rng.integers(60, 256, (20, 16), dtype=np.uint8)
+    images = np.stack([garment] * 4)
+    labels = np.arange(4, dtype=np.int64)
+    path = tmp_path / "one.npz"
+    np.savez(
+        path,
+        **{
+            f"{k}_{s}": v
+            for s in ("train", "val", "test")
+            for k, v in (("x", images), ("y", labels))
+        },
+    )
+    datamodule = FashionDataModule(path, eval_batch_size=4)
+    datamodule.setup()
+    batch_images, _ = next(iter(datamodule.test_dataloader()))
+    buffer = io.BytesIO()
+    Image.fromarray(garment, mode="L").save(buffer, format="PNG")
+    api_tensor = preprocess_image(buffer.getvalue())
+    assert api_tensor.shape == (1, 28, 28)
+    torch.testing.assert_close(batch_images[0], api_tensor, rtol=0, atol=0)
