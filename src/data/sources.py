@@ -179,7 +179,12 @@ def _download_one(
                 declared = response.headers.get("Content-Length")
                 if declared is not None and int(declared) != size:
                     raise _Transient(f"truncated transfer ({size} of {declared} bytes)")
-        except (requests.ConnectionError, requests.Timeout, _Transient) as exc:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            _Transient,
+        ) as exc:
             last = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
             if attempt < attempts:
                 sleep(cfg.retry_delay_s * attempt)
@@ -261,7 +266,8 @@ def _default_kaggle_api() -> Any:
 def _kaggle_error(exc: Exception) -> DownloadError:
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)) or status in _TRANSIENT_STATUS:
+    network = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    if isinstance(exc, network) or status in _TRANSIENT_STATUS:
         return TransientDownloadError(
             f"Kaggle download failed ({type(exc).__name__}{f' HTTP {status}' if status else ''}); "
             f"no network? {WAY_OUT}."

@@ -85,6 +85,7 @@ def resolve_remote_url(url: str, root: Path) -> str:
 
 @contextlib.contextmanager
 def _repo(root: Path) -> Iterator[Any]:
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     from dvc.repo import Repo
 
     repo = Repo(str(root))
@@ -99,12 +100,15 @@ def init_repo(root: Path, remote_name: str, remote_url: str) -> None:
 
     A local remote path is stored relative to ``.dvc/`` so clones beside the remote find it.
     """
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     from dvc.repo import Repo
 
     if not (root / ".dvc").is_dir():
         Repo.init(str(root), no_scm=not (root / ".git").exists()).close()
     url = resolve_remote_url(remote_url, root)
-    stored = url if "://" in url else os.path.relpath(url, root / ".dvc")
+    # DVC takes a relative path written through the API as relative to the working directory
+    # and stores it relative to .dvc/ (so a clone beside the remote finds it).
+    stored = url if "://" in url or Path(remote_url).is_absolute() else os.path.relpath(url)
     with _repo(root) as repo, repo.config.edit("repo") as conf:
         conf["remote"][remote_name] = {"url": stored}
         conf["core"]["remote"] = remote_name

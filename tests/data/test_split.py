@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from src.config.data import DataConfig
+from src.data.io import write_idx
+from src.data.split import prepare_splits, split_hash, split_indices
+from tests.data.conftest import make_images
+
+
+def test_split_is_stratified_deterministic_and_disjoint() -> None:
+    images, labels = make_images(n_per_class=40)
+    train, val, test = split_indices(images, labels)
+    assert (len(train), len(val), len(test)) == (280, 60, 60)
+    for part, per_class in ((train, 28), (val, 6), (test, 6)):
+        assert np.bincount(labels[part], minlength=10).tolist() == [per_class] * 10
+    assert len(np.unique(np.concatenate([train, val, test]))) == 400
+    again = split_indices(images.copy(), labels.copy())
+    assert split_hash(train, val, test) == split_hash(*again)
+    other_seed = split_indices(images, labels, seed=7)
+    assert split_hash(train, val, test) != split_hash(*other_seed)
+
+
+def test_split_hash_is_pinned() -> None:
+    # Same data and seed must give the same split on every machine and numpy version we support.
+    images, labels = make_images(n_per_class=40)
+    assert split_hash(*split_indices(images, labels))[:16] == "cc576932689fbc65"
+
+
+def test_duplicates_stay_in_one_part() -> None:
+    images, labels = make_images(n_per_class=40)
+    # 30 groups of 3 identical images (same label): each group must land in a single part.
+    groups = []
+    for g in range(30):
+        rows = np.flatnonzero(labels == g % 10)[3 * (g // 10) : 3 * (g // 10) + 3]
+        images[rows] = images[rows[0]]
+        groups.append(rows)
+    parts = split_indices(images, labels)
+    where = np.empty(len(labels), dtype=np.int64)
+    for p, idx in enumerate(parts):
+        where[idx] = p
+    for rows in groups:
+        assert len(set(where[rows].tolist())) == 1
+    assert sum(len(p) for p in parts) == 400
+    assert abs(len(parts[0]) - 280) <= 10 * 2  # stratified up to a group per class boundary
+
+
+def test_prepare_splits_writes_npz_and_reuses(tmp_path: Path) -> None:
+    images, labels = make_images(n_per_class=40)
+    write_idx(tmp_path / "data", images, labels)
+    cfg = DataConfig()
+    prepared = prepare_splits(tmp_path / "data", "abc.dir", cfg, tmp_path / "prepared")
+    assert prepared.dataset_path == tmp_path / "prepared" / "abc.dir" / "splits.npz"
+    assert prepared.counts == {"train": 280, "val": 60, "test": 60}
+    with np.load(prepared.dataset_path) as data:
+        assert data["x_train"].dtype == np.uint8 and data["x_train"].shape == (280, 28, 28)
+        assert data["y_test"].dtype == np.int64
+        np.testing.assert_array_equal(data["x_val"], images[data["idx_val"]])
+        assert (
+            split_hash(data["idx_train"], data["idx_val"], data["idx_test"]) == prepared.split_hash
+        )
+    meta = json.loads((prepared.dataset_path.parent / "split.json").read_text())
+    assert meta["split_hash"] == prepared.split_hash and meta["seed"] == 42
+    mtime = prepared.dataset_path.stat().st_mtime_ns
+    assert prepare_splits(tmp_path / "data", "abc.dir", cfg, tmp_path / "prepared") == prepared
+    assert prepared.dataset_path.stat().st_mtime_ns == mtime  # reused, not rewritten
