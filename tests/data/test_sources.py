@@ -188,7 +188,7 @@ def test_kaggle_download_unzips_and_retries(kaggle_csv: Path, tmp_path: Path) ->
 
 def test_kaggle_official_dataset_checks_content_md5(kaggle_csv: Path, tmp_path: Path) -> None:
     cfg = tiny_config(source="kaggle")  # zalando-research/fashionmnist: content must match
-    with pytest.raises(DownloadError, match="content md5 .* does not match the published"):
+    with pytest.raises(DownloadError, match=r"content md5 .* does not match the published"):
         fetch_source(
             cfg, tmp_path / "staging", tmp_path, transport=lambda: FakeKaggleApi(kaggle_csv)
         )
@@ -198,7 +198,7 @@ def test_kaggle_refused_credentials_not_retried(kaggle_csv: Path, tmp_path: Path
     api = FakeKaggleApi(kaggle_csv, errors=[_http_error(403)])
     cfg = tiny_config(source="kaggle")
     with pytest.raises(
-        DownloadError, match="Kaggle refused the credentials.*DATA_SOURCE=/path/to/folder"
+        DownloadError, match=r"Kaggle refused the credentials.*DATA_SOURCE=/path/to/folder"
     ) as caught:
         fetch_source(
             cfg, tmp_path / "staging", tmp_path, transport=lambda: api, sleep=lambda s: None
