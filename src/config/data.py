@@ -19,6 +19,9 @@ class DataConfig(BaseModel):
     download_retries: int = Field(default=3, ge=0)
     retry_delay_s: float = Field(default=2.0, ge=0)
     timeout_s: float = Field(default=60.0, gt=0)
+    # Prefect-level retries of the download task, on transient network errors only.
+    task_retries: int = Field(default=2, ge=0)
+    task_retry_delay_s: float = Field(default=10.0, ge=0)
 
     # DVC remote; a relative path is taken from the project root.
     dvc_remote_name: str = "local"

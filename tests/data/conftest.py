@@ -55,17 +55,21 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout
 
 
-@pytest.fixture
-def dvc_project(tmp_path: Path) -> tuple[Path, Path]:
-    """A real git + DVC repo in a temp dir with a local remote beside it: (root, remote)."""
+def make_dvc_project(base: Path) -> tuple[Path, Path]:
+    """A real git + DVC repo under ``base`` with a local remote beside it: (root, remote)."""
     from src.data.versioning import init_repo
 
-    root = tmp_path / "project"
-    remote = tmp_path / "dvc-remote"
+    root = base / "project"
+    remote = base / "dvc-remote"
     root.mkdir()
     git(root, "init", "-q")
     init_repo(root, "local", "../dvc-remote")
     return root, remote
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path) -> tuple[Path, Path]:
+    return make_dvc_project(tmp_path)
 
 
 def tree_snapshot(folder: Path) -> dict[str, bytes]:
