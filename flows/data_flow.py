@@ -43,7 +43,7 @@ from src.data.sources import (
 )
 from src.data.split import DATASET_FILE, PreparedData, prepare_splits
 from src.data.validation import DataValidationError, ValidationReport, validate
-from src.data.versioning import DataVersion, version_data
+from src.data.versioning import DataVersion, listing_md5, version_data
 
 ARTIFACT_KEY = "data-validation"
 
@@ -217,14 +217,6 @@ def split_task(cfg: AppConfig, data_dir: Path, data_md5: str) -> PreparedData:
 # --- the flow -----------------------------------------------------------------------------------
 
 
-def _staged_md5(fetched: FetchedData) -> str:
-    """DVC's directory md5 of the staged files, from their md5s (what data.dvc will record)."""
-    entries = sorted(
-        ({"md5": m, "relpath": n} for n, m in fetched.files.items()), key=lambda e: e["relpath"]
-    )
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
-
-
 @flow(name="data-flow", description="Download, validate, version (DVC) and split Fashion-MNIST.")
 def data_flow(cfg: AppConfig | None = None) -> PreparedData:
     cfg = cfg or load_config()
@@ -237,7 +229,7 @@ def data_flow(cfg: AppConfig | None = None) -> PreparedData:
         retry_delay_seconds=cfg.data.task_retry_delay_s,
         refresh_cache=load_staged(staging) is None,
     )(cfg, staging)
-    data_md5 = _staged_md5(fetched)
+    data_md5 = listing_md5(fetched.files)  # = what data.dvc will record
     report_path = cfg.paths.outputs / "validation" / f"{validation_name(data_md5)}.json"
     validate_task.with_options(result_storage=results, refresh_cache=not report_path.is_file())(
         cfg, fetched.folder, data_md5

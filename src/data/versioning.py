@@ -51,14 +51,19 @@ def _file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dir_md5(files: list[Path], base: Path) -> str:
-    """DVC's directory hash of ``files`` (relative to ``base``): md5 of the sorted JSON listing."""
+def listing_md5(file_md5s: dict[str, str]) -> str:
+    """DVC's directory hash from ``relpath -> md5``: md5 of the sorted JSON listing + ``.dir``."""
     entries = sorted(
-        ({"md5": _file_md5(p), "relpath": p.relative_to(base).as_posix()} for p in files),
+        ({"md5": md5, "relpath": relpath} for relpath, md5 in file_md5s.items()),
         key=lambda e: e["relpath"],
     )
     listing = json.dumps(entries, sort_keys=True).encode("utf-8")
     return hashlib.md5(listing).hexdigest() + ".dir"
+
+
+def dir_md5(files: list[Path], base: Path) -> str:
+    """DVC's directory hash of ``files`` (relative to ``base``)."""
+    return listing_md5({p.relative_to(base).as_posix(): _file_md5(p) for p in files})
 
 
 def folder_md5(folder: Path) -> str:
