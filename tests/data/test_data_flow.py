@@ -169,6 +169,14 @@ def test_bad_input_leaves_data_and_remote_untouched(
         prepare_data(cfg)
     after = (tree_snapshot(root / "data"), tree_snapshot(remote), (root / "data.dvc").read_text())
     assert after == before
+    if error is DataValidationError:  # the failed validation is published as an artifact
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY]))
+            )
+        assert any(
+            "Data validation FAILED" in str(a.data) and needle in str(a.data) for a in artifacts
+        )
 
 
 def test_download_retries_transient_errors_only(
