@@ -67,3 +67,20 @@ def test_prepare_splits_writes_npz_and_reuses(tmp_path: Path) -> None:
     mtime = prepared.dataset_path.stat().st_mtime_ns
     assert prepare_splits(tmp_path / "data", "abc.dir", cfg, tmp_path / "prepared") == prepared
     assert prepared.dataset_path.stat().st_mtime_ns == mtime  # reused, not rewritten
+
+
+def test_image_groups_are_exact_even_when_the_hash_collides() -> None:
+    import src.data.split as split_module
+
+    images, _ = make_images(n_per_class=5)
+    images[7] = images[3]
+    expected = split_module.image_groups(images)
+    assert expected[7] == expected[3] and len(set(expected.tolist())) == 49
+    # Multipliers of zero hash every image to the same key: the byte check must still separate them.
+    zeros = np.zeros_like(split_module._HASH_MULTIPLIERS)
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(split_module, "_HASH_MULTIPLIERS", zeros)
+        collided = split_module.image_groups(images)
+    assert collided[7] == collided[3] and len(set(collided.tolist())) == 49

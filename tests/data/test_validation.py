@@ -66,7 +66,12 @@ CASES = [
     ("null label", _set(6, "label", np.nan), "rows.label", "expect_column_values_to_not_be_null"),
     ("renamed column", _rename, "table", "column 5: 'px5' (expected 'pixel5')"),
     ("class imbalance", _relabel_to_class_0, "classes.share", "class 0: 17.50% (35 rows)"),
-    ("row count", _too_many_rows, "table", "expect_table_row_count_to_be_between"),
+    (
+        "row count",
+        _too_many_rows,
+        "rows",
+        "expect_table_row_count_to_be_between(rows): observed 1200",
+    ),
 ]
 
 
@@ -103,7 +108,7 @@ def test_duplicate_policy(tiny: tuple[np.ndarray, np.ndarray], cfg: DataConfig) 
     # ...but not above the threshold.
     strict = cfg.model_copy(update={"max_duplicate_fraction": 0.005})
     with pytest.raises(
-        DataValidationError, match=r"image_hash.*2 duplicate image rows \(1\.0000%\)"
+        DataValidationError, match=r"image_group.*2 duplicate image rows \(1\.0000%\)"
     ):
         validate(arrays_to_table(images, labels), strict)
     # An identical image with a different label fails whatever the threshold.
