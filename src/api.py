@@ -14,6 +14,7 @@ import hmac
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -29,7 +30,6 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -38,6 +38,7 @@ from src.preprocessing import ALLOWED_FORMATS
 from src.serving.inference import BadImages, classify
 from src.serving.limits import BodySizeLimitMiddleware, BodyTooLarge, too_large_message
 from src.serving.model_store import LoadedModel, ModelStore
+from src.serving.multipart import MultipartError, TooManyFiles, read_parts
 from src.serving.observability import (
     LOGGER_NAME,
     ObservabilityMiddleware,
@@ -56,6 +57,7 @@ from src.serving.schemas import (
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around one image
 SMALL_BODY_LIMIT = 64 * 1024  # every other endpoint takes no body
+MAX_FORM_FIELDS = 16  # plain (non-file) form fields tolerated beside the files
 ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -234,7 +236,10 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
             raise ApiError(503, "not_ready", f"No model is loaded yet: {store.status.reason}")
         return model
 
-    async def read_form(request: Request, field: str, max_files: int) -> FormData:
+    async def read_uploads(
+        request: Request, field: str, max_files: int
+    ) -> tuple[list[bytes], list[str | None]]:
+        """The files of multipart field ``field``, read under the size and count limits."""
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             raise ApiError(
@@ -244,31 +249,24 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
                 f"{content_type or 'none'!r}), e.g. curl -F {field}=@shirt.png ...",
             )
         try:
-            return await request.form(
-                max_files=max_files, max_fields=16, max_part_size=SMALL_BODY_LIMIT
+            parts = await read_parts(
+                request.stream(),
+                content_type,
+                max_files=max_files,
+                max_fields=MAX_FORM_FIELDS,
+                max_file_bytes=serve.max_image_bytes,
+                max_field_bytes=SMALL_BODY_LIMIT,
             )
-        except (BodyTooLarge, ClientDisconnect):
-            raise
-        except HTTPException as exc:  # Starlette's multipart errors
-            detail = str(exc.detail)
-            if detail.startswith("Too many files"):
-                raise ApiError(
-                    413,
-                    "too_many_files",
-                    f"Too many files: {request.url.path} takes at most {max_files} per request.",
-                ) from exc
+        except TooManyFiles as exc:
+            hint = "; use /predict/batch for several images" if max_files == 1 else ""
             raise ApiError(
-                400, "malformed_multipart", f"The multipart body could not be parsed: {detail}"
+                413,
+                exc.error,
+                f"Too many files: {request.url.path} takes at most {max_files} per request{hint}.",
             ) from exc
-        except Exception as exc:
-            raise ApiError(
-                400,
-                "malformed_multipart",
-                f"The multipart body could not be parsed ({type(exc).__name__}).",
-            ) from exc
-
-    async def read_uploads(form: FormData, field: str) -> tuple[list[bytes], list[str | None]]:
-        values = form.getlist(field)
+        except MultipartError as exc:
+            raise ApiError(exc.status, exc.error, str(exc)) from exc
+        values = [part for part in parts if part.name == field]
         if not values:
             raise ApiError(
                 422,
@@ -276,27 +274,15 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
                 f"The multipart form has no field '{field}'; send the image as "
                 f"-F {field}=@image.png.",
             )
-        blobs: list[bytes] = []
-        names: list[str | None] = []
-        for index, value in enumerate(values):
-            if not isinstance(value, UploadFile):
+        for index, part in enumerate(values):
+            if part.filename is None:
                 raise ApiError(
                     422,
                     "not_a_file",
                     f"Field '{field}' (#{index}) is plain text, not a file upload; send it as a "
                     f"file, e.g. -F {field}=@image.png.",
                 )
-            data = await value.read(serve.max_image_bytes + 1)
-            if len(data) > serve.max_image_bytes:
-                raise ApiError(
-                    413,
-                    "file_too_large",
-                    f"File #{index} ({value.filename or 'unnamed'}) is over the "
-                    f"{serve.max_image_bytes} byte limit per image; send a smaller image.",
-                )
-            blobs.append(data)
-            names.append(value.filename)
-        return blobs, names
+        return [part.data for part in values], [part.filename for part in values]
 
     async def run_model(
         request: Request, blobs: list[bytes], names: list[str | None]
@@ -327,8 +313,8 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
                     "; ".join(f"#{p.index} ({p.filename}): {p.message}" for p in exc.problems[:5])
                 )
             raise ApiError(422, "bad_image", detail, [p.as_dict() for p in exc.problems]) from exc
-        for result in results:
-            metrics.predictions.labels(label=result["label"]).inc()
+        for label, count in Counter(result["label"] for result in results).items():
+            metrics.predictions.labels(label=label).inc(count)
         return results
 
     # --- endpoints ---------------------------------------------------------------------------
@@ -342,8 +328,7 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
     )
     async def predict(request: Request) -> Response:
         require_ready()
-        form = await read_form(request, "file", max_files=1)
-        blobs, names = await read_uploads(form, "file")
+        blobs, names = await read_uploads(request, "file", max_files=1)
         results = await run_model(request, blobs, names)
         return JSONResponse(results[0])
 
@@ -358,8 +343,7 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
     )
     async def predict_batch(request: Request) -> Response:
         require_ready()
-        form = await read_form(request, "files", max_files=serve.max_batch_files)
-        blobs, names = await read_uploads(form, "files")
+        blobs, names = await read_uploads(request, "files", max_files=serve.max_batch_files)
         results = await run_model(request, blobs, names)
         return JSONResponse(results)
 

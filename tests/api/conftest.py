@@ -158,7 +158,7 @@ def make_config(tracking_uri: str, name: str, **serve: Any) -> AppConfig:
     )
 
 
-def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+def wait_until(predicate: Any, timeout: float = 60.0, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -247,7 +247,7 @@ def start_server(
             return False
 
     try:
-        wait_until(answered, timeout=60, interval=0.1)
+        wait_until(answered, timeout=180, interval=0.1)
     except BaseException:
         stop_server(server)
         raise

@@ -269,6 +269,16 @@ def test_request_level_problems(client: TestClient) -> None:
             ),
             400,
         ),
+        (
+            "body cut before the closing boundary",
+            client.post(
+                "/predict",
+                content=b'--xyz\r\nContent-Disposition: form-data; name="file"; '
+                b'filename="a.png"\r\n\r\n' + GOOD_PNG,
+                headers={"content-type": "multipart/form-data; boundary=xyz"},
+            ),
+            400,
+        ),
         ("body over limit", client.post("/predict", files={"file": ("x", bytes(400_000))}), 413),
         ("unknown route", client.get("/nope"), 404),
         ("wrong method", client.get("/predict"), 405),

@@ -42,14 +42,14 @@ def browser_page(tmp_path: Path) -> Iterator[Any]:
         )
         try:
             page = context.pages[0] if context.pages else context.new_page()
-            page.set_default_timeout(15_000)
+            page.set_default_timeout(60_000)
             yield page
         finally:
             context.close()
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(400)
 def test_page_classifies_chosen_and_dropped_images(
     registry: Registry, server_factory: Any, browser_page: Any, tmp_path: Path
 ) -> None:
