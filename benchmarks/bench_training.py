@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import warnings
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    for name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     overrides: dict[str, Any] = {"time_budget_minutes": None}
     for key, value in (

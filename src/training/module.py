@@ -52,6 +52,8 @@ class FashionClassifier(L.LightningModule):
         # The epoch budget: max_epochs, lowered to what fits in ``time_budget_minutes`` (if set).
         self.planned_epochs = cfg.max_epochs
         self.elapsed_before_s = 0.0
+        self._epoch_ends: list[float] = [0.0]
+        self.fit_elapsed_s = 0.0
         self._fit_started = time.monotonic()
         self._train_loss_sum = torch.zeros(())
         self._train_batches = 0
@@ -106,7 +108,11 @@ class FashionClassifier(L.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
 
+    def on_fit_end(self) -> None:
+        self.fit_elapsed_s = self.elapsed_s()
+
     def elapsed_s(self) -> float:
+        """Seconds spent in fit (validation included), across resumed sessions."""
         return self.elapsed_before_s + time.monotonic() - self._fit_started
 
     def on_train_epoch_start(self) -> None:
@@ -129,24 +135,21 @@ class FashionClassifier(L.LightningModule):
         self.log("elapsed_minutes", row["elapsed_s"] / 60.0)
 
     def on_train_epoch_end(self) -> None:
-        budget = self.cfg.time_budget_minutes
+        # Lightning 2 runs the epoch's validation before this hook, so the checkpoint has seen it.
         done = self.current_epoch + 1
-        if budget is None:
-            return
-        # Fit the epoch count to the time budget: keep the schedule's end (the low-LR, high-accuracy
-        # phase) inside the budget even when the shared machine is slower than expected.
-        per_epoch = self.elapsed_s() / done
-        fits = done + int((budget * 60.0 - self.elapsed_s()) // per_epoch)
-        self.planned_epochs = max(done, min(self.cfg.max_epochs, fits))
-        self.log("planned_epochs", float(self.planned_epochs))
-
-    def on_validation_end(self) -> None:
-        # Stop after the planned epoch (validation has run, so the checkpoint sees it).
-        if (
-            not self.trainer.sanity_checking
-            and self.trainer.training
-            and self.current_epoch + 1 >= self.planned_epochs
-        ):
+        budget = self.cfg.time_budget_minutes
+        if budget is not None:
+            # Fit the epoch count to the time budget: keep the schedule's end (the low-LR,
+            # high-accuracy phase) inside the budget even when the shared machine is slow.
+            now = self.elapsed_s()
+            self._epoch_ends.append(now)
+            # Recent epochs (training + validation) predict the next ones best.
+            recent = self._epoch_ends[-4:]
+            per_epoch = (recent[-1] - recent[0]) / (len(recent) - 1) if len(recent) > 1 else now
+            fits = done + int((budget * 60.0 - now) // max(per_epoch, 1e-6))
+            self.planned_epochs = max(done, min(self.cfg.max_epochs, fits))
+            self.log("planned_epochs", float(self.planned_epochs))
+        if done >= self.planned_epochs:
             self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -161,6 +164,7 @@ class FashionClassifier(L.LightningModule):
         self.history = list(state.get("history", []))
         self.planned_epochs = int(state.get("planned_epochs", self.cfg.max_epochs))
         self.elapsed_before_s = float(state.get("elapsed_s", 0.0))
+        self._epoch_ends = [self.elapsed_before_s]
 
     # --- optimisation -------------------------------------------------------------------------
     def _progress(self) -> float:

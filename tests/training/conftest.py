@@ -64,5 +64,5 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: Path) -> tuple[
     from src.training import train_model
 
     root = tmp_path_factory.mktemp("project")
-    cfg = tiny_config(root)
+    cfg = tiny_config(root, ema_decay=0.9)  # also exercises the EMA callback path
     return train_model(TinyPrepared(tiny_npz), cfg), cfg
