@@ -120,10 +120,19 @@ def classifier_from_checkpoint(path: Path | str) -> Classifier:
 
 
 def _default_dataset() -> Path:
+    """The newest split written by the data flow (``outputs/prepared/<data md5>/splits.npz``)."""
     from src.config import load_config
 
     cfg = load_config()
-    return cfg.paths.data / "prepared" / "fashion_mnist_splits.npz"
+    candidates = sorted(
+        (cfg.paths.outputs / "prepared").glob("*/splits.npz"), key=lambda p: p.stat().st_mtime
+    )
+    if not candidates:
+        raise FileNotFoundError(
+            f"No prepared split under {cfg.paths.outputs / 'prepared'}; run the data flow "
+            "(make train) or pass --dataset PATH."
+        )
+    return candidates[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config()
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    dataset = Path(args.dataset) if args.dataset else _default_dataset()
     try:
+        dataset = Path(args.dataset) if args.dataset else _default_dataset()
         if args.checkpoint:
             classifier = classifier_from_checkpoint(args.checkpoint)
         else:
