@@ -24,6 +24,7 @@ from typing import Any, Literal
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from flows import data_flow
 from flows.training_tasks import (
     evaluate_task,
     gate_task,
@@ -33,6 +34,7 @@ from flows.training_tasks import (
     train_task,
 )
 from src.config import AppConfig, ConfigError, load_config
+from src.data.split import PreparedData
 
 
 class TrainFlowParams(BaseModel):
@@ -83,10 +85,8 @@ class TrainFlowParams(BaseModel):
         return load_config(profile=self.profile, overrides=self.overrides())
 
 
-def prepare_data(cfg: AppConfig) -> Any:
-    """download → validate → version → split (the data engineer's tasks, ``flows/data_flow.py``)."""
-    from flows import data_flow
-
+def prepare_data(cfg: AppConfig) -> PreparedData:
+    """download → validate → version (DVC) → split: the ``data-flow`` subflow."""
     return data_flow.prepare_data(cfg)
 
 
@@ -116,6 +116,7 @@ def train_flow(params: TrainFlowParams | None = None) -> dict[str, Any]:
         "registered_model_name": cfg.mlflow.registered_model_name,
         "data_md5": prepared.data_md5,
         "split_hash": prepared.split_hash,
+        "dataset_path": str(prepared.dataset_path),
         "run_id": trained.run_id,
         "candidate_version": version,
         "test_accuracy": evaluation.accuracy,

@@ -33,19 +33,25 @@ PREDICTIONS_ARTIFACT = "gate/test_predictions.npy"
 
 
 class PreparedLike(Protocol):
-    """What the data tasks hand over (``src.data.PreparedData``)."""
+    """What the data tasks hand over (``src.data.split.PreparedData``)."""
 
-    dataset_path: Path
-    split_hash: str
-    data_md5: str
+    @property
+    def dataset_path(self) -> Path: ...
+    @property
+    def split_hash(self) -> str: ...
+    @property
+    def data_md5(self) -> str: ...
 
 
 class TrainResultLike(Protocol):
     """What training hands over (``src.training.TrainResult``)."""
 
-    run_id: str
-    model_uri: str
-    metrics: dict[str, float]
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def model_uri(self) -> str: ...
+    @property
+    def metrics(self) -> dict[str, float]: ...
 
 
 @dataclass
@@ -132,11 +138,7 @@ def evaluate_task(prepared: PreparedLike, trained: TrainResultLike, cfg: AppConf
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions_path = out_dir / f"{trained.run_id}_test_predictions.npy"
     np.save(predictions_path, predictions)
-    client = registry.get_client(cfg.tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
-        np.save(staged, predictions)
-        client.log_artifact(trained.run_id, str(staged), str(Path(PREDICTIONS_ARTIFACT).parent))
+    store_test_predictions(registry.get_client(cfg.tracking_uri), trained.run_id, predictions)
 
     rows: list[dict[str, Any]] = [
         {"metric": "test accuracy (served model)", "value": round(metrics["accuracy"], 4)},
@@ -203,6 +205,14 @@ def register_task(
         "Registered %s version %s (pending)", cfg.mlflow.registered_model_name, mv.version
     )
     return str(mv.version)
+
+
+def store_test_predictions(client: Any, run_id: str, predictions: np.ndarray) -> None:
+    """Keep a model's test-split predictions in its run (``gate/test_predictions.npy``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
+        np.save(staged, np.asarray(predictions, dtype=np.int64))
+        client.log_artifact(run_id, str(staged), str(Path(PREDICTIONS_ARTIFACT).parent))
 
 
 def champion_predictions(

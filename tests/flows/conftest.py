@@ -171,3 +171,59 @@ def task_run_states(api_url: str, flow_run_id: str) -> dict[str, str]:
     """Task run name prefix (``download_task-0`` → ``download_task``) → state name."""
     found = api_post(api_url, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
     return {item["name"].rsplit("-", 1)[0]: item["state"]["name"] for item in found}
+
+
+# --- tiny real data and a throw-away project root ----------------------------------------------
+
+TINY_PER_CLASS = 100  # 1,000 real images: a 700/150/150 split
+
+
+@dataclass(frozen=True)
+class TinySources:
+    good: Path  # 100 real images per class (IDX gz)
+    bad: Path  # the same with labels out of range
+
+
+@pytest.fixture(scope="session")
+def tiny_sources(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> TinySources:
+    """Small IDX sources cut from the real Fashion-MNIST files."""
+    import numpy as np
+
+    from src.data.io import read_images, write_idx
+
+    images, labels = read_images(shared_data_dir)
+    picks = np.sort(
+        np.concatenate([np.flatnonzero(labels == c)[:TINY_PER_CLASS] for c in range(10)])
+    )
+    root = tmp_path_factory.mktemp("sources")
+    write_idx(root / "good", images[picks], labels[picks])
+    broken = labels[picks].copy()
+    broken[[3, 141, 592]] = 12  # no such class
+    write_idx(root / "bad", images[picks], broken)
+    return TinySources(root / "good", root / "bad")
+
+
+def project_env(root: Path, source: Path) -> dict[str, str]:
+    """Settings that keep a train-flow run inside ``root`` (never the repo's data/ or mlflow.db)."""
+    return {
+        **QUIET_ENV,
+        "PATHS_ROOT": str(root),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "MLFLOW_ARTIFACT_LOCATION": str(root / "mlartifacts"),
+        "DATA_SOURCE": str(source),
+        "DATA_MIN_ROWS": "500",
+        "DATA_MAX_ROWS": "2000",
+        "DATA_DVC_REMOTE_URL": str(root.parent / "dvc-remote"),
+        "DATA_TASK_RETRY_DELAY_S": "0",
+        "DATA_RETRY_DELAY_S": "0",
+        "TRAIN_PROGRESS_BAR": "false",
+    }
+
+
+def make_project(root: Path) -> Path:
+    """An empty DVC project folder (what a fresh clone has), with its local remote beside it."""
+    from src.data.versioning import init_repo
+
+    root.mkdir(parents=True, exist_ok=True)
+    init_repo(root, "local", str(root.parent / "dvc-remote"))
+    return root

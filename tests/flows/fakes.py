@@ -74,8 +74,10 @@ def write_dataset(path: Path, n_test: int = 200, seed: int = 0) -> FakePrepared:
 
 
 def log_model_run(cfg: AppConfig, model: torch.nn.Module) -> FakeTrainResult:
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_experiment(cfg.mlflow.experiment_name)
-    with mlflow.start_run() as run:
+    from src.training.train import ensure_experiment
+
+    # The configured artifact location, never ./mlruns in the working directory.
+    experiment_id = ensure_experiment(cfg)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
         info = log_classifier(model)
     return FakeTrainResult(run.info.run_id, info.model_uri, {"test_accuracy": 0.0}, Path("-"))
