@@ -1,18 +1,11 @@
-"""Stand-ins for the data and training steps, for flow tests that exercise only the model half."""
+"""Hand-made models for the gate and registry tests: a perfect champion and a constant one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import mlflow
 import numpy as np
 import torch
 
-from src.config import AppConfig
 from src.labels import NUM_CLASSES
-from src.model_io import log_classifier
 from src.preprocessing import normalize
 
 
@@ -45,39 +38,3 @@ class Constant(torch.nn.Module):
         return (
             self.logits.unsqueeze(0).expand(x.shape[0], -1) + 0 * x.reshape(x.shape[0], -1)[:, :10]
         )
-
-
-@dataclass
-class FakePrepared:
-    dataset_path: Path
-    split_hash: str
-    data_md5: str
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class FakeTrainResult:
-    run_id: str
-    model_uri: str
-    metrics: dict[str, float]
-    test_predictions_path: Path
-
-
-def write_dataset(path: Path, n_test: int = 200, seed: int = 0) -> FakePrepared:
-    rng = np.random.default_rng(seed)
-    arrays: dict[str, Any] = {}
-    for part, n in (("train", 50), ("val", 50), ("test", n_test)):
-        arrays[f"x_{part}"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        arrays[f"y_{part}"] = (np.arange(n) % NUM_CLASSES).astype(np.int64)
-    np.savez(path, **arrays)
-    return FakePrepared(path, split_hash=f"split-{seed}-{n_test}", data_md5=f"md5-{seed}")
-
-
-def log_model_run(cfg: AppConfig, model: torch.nn.Module) -> FakeTrainResult:
-    from src.training.train import ensure_experiment
-
-    # The configured artifact location, never ./mlruns in the working directory.
-    experiment_id = ensure_experiment(cfg)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        info = log_classifier(model)
-    return FakeTrainResult(run.info.run_id, info.model_uri, {"test_accuracy": 0.0}, Path("-"))

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from flows.train_flow import TrainFlowParams
+from src import registry
 from src.config import load_config
-from tests.flows.conftest import BIN, PrefectServer
+from tests.flows.conftest import (
+    BIN,
+    PrefectServer,
+    TinySources,
+    flow_run_artifacts,
+    make_project,
+    project_env,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
@@ -79,16 +88,41 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
-def test_prefect_yaml_deploys_with_the_cli(prefect_server: PrefectServer) -> None:
-    env = dict(prefect_server.env)
+@pytest.mark.integration
+def test_deployment_run_through_a_process_worker(
+    prefect_server: PrefectServer, tiny_sources: TinySources, tmp_path: Path
+) -> None:
+    """prefect deploy → prefect deployment run (smoke) → prefect worker --run-once → a COMPLETED
+    run and a new Production version in a temporary MLflow registry."""
+    root = make_project(tmp_path / "project")
+    env = {**prefect_server.env, **project_env(root, tiny_sources.good)}
+    env.pop("PROFILE", None)
     _cli(env, "work-pool", "create", "local-process", "--type", "process", "--overwrite")
-    out = _cli(env, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML), "--all")
-    assert "train-flow/weekly" in out
-    api = prefect_server.api_url
-    deployment = httpx.get(f"{api}/deployments/name/train-flow/weekly", timeout=10).json()
-    assert deployment["work_pool_name"] == "local-process"
-    assert deployment["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
-    assert os.path.samefile(
-        deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"],
-        REPO,
+    _cli(env, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML), "--all")
+    out = _cli(
+        env, "deployment", "run", "train-flow/weekly", "--param", 'params={"profile": "smoke"}'
     )
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
+    assert match, out
+    flow_run_id = match.group(1)
+    worker = subprocess.run(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "local-process", "--run-once"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    api = prefect_server.api_url
+    run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+    assert run["state"]["type"] == "COMPLETED", worker.stdout[-3000:] + worker.stderr[-3000:]
+    assert run["parameters"]["params"]["profile"] == "smoke"
+    client = registry.get_client(f"sqlite:///{root}/mlflow.db")
+    production = registry.current_production(client, "clothing-classifier")
+    assert production is not None and str(production.version) == "1"
+    assert production.tags["validation_status"] == "passed"
+    assert registry.production_consistent(client, "clothing-classifier")
+    assert {"train-metrics", "gate-decision", "promotion"} <= set(
+        flow_run_artifacts(api, flow_run_id)
+    )
+    assert (root / "data.dvc").is_file()  # versioned in the temp project, not the repo
