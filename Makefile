@@ -11,8 +11,12 @@ DATA_SOURCE ?= $(if $(wildcard ../shared/fashion-mnist),../shared/fashion-mnist,
 export DATA_SOURCE
 PROFILE ?=
 export PROFILE
+# Prefect's temporary server can take a while to come up on a busy 2-core machine; no telemetry.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= true
 
-.PHONY: help install train evaluate serve test lint typecheck unit browser-deps benchmarks mlflow-ui prefect-server clean
+.PHONY: help install train data evaluate serve test lint typecheck unit browser-deps benchmarks mlflow-ui prefect-server clean
 
 help:
 	@echo "make train      run the train-flow (download, version, validate, split, train, gate, promote)"
@@ -30,6 +34,9 @@ install: $(VENV)/.installed
 
 train: install
 	$(PY) -m flows.train_flow
+
+data: install
+	$(PY) -m flows.data_flow
 
 evaluate: install
 	$(PY) -m src.evaluate $(ARGS)
