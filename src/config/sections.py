@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,7 +62,9 @@ class MlflowConfig(BaseModel):
         return self.tracking_uri
 
     def resolved_artifact_location(self, root: Path) -> str:
-        if "://" in self.artifact_location:
+        # A URI (s3://, file://, mlflow-artifacts:/...) is used as is; a one-letter scheme is a
+        # Windows drive, i.e. a path. Relative paths are taken from the project root.
+        if len(urlparse(self.artifact_location).scheme) > 1:
             return self.artifact_location
         location = Path(self.artifact_location).expanduser()
         if not location.is_absolute():

@@ -64,3 +64,22 @@ def test_broken_yaml_says_which_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CONFIG_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match=r"data\.yaml"):
         load_config(environ={})
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("s3://bucket/mlflow", "s3://bucket/mlflow"),
+        ("mlflow-artifacts:/experiments", "mlflow-artifacts:/experiments"),
+        ("file:///srv/mlartifacts", "file:///srv/mlartifacts"),
+    ],
+)
+def test_artifact_uri_is_kept(location: str, expected: str) -> None:
+    cfg = load_config(overrides={"mlflow": {"artifact_location": location}})
+    assert cfg.mlflow.resolved_artifact_location(Path("/project")) == expected
+
+
+def test_relative_artifact_path_resolves_under_the_root(tmp_path: Path) -> None:
+    cfg = load_config(overrides={"mlflow": {"artifact_location": "mlartifacts"}})
+    resolved = cfg.mlflow.resolved_artifact_location(tmp_path)
+    assert resolved == (tmp_path / "mlartifacts").resolve().as_uri()
