@@ -16,13 +16,15 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= true
 
-.PHONY: help install train data evaluate serve test lint typecheck unit browser-deps benchmarks mlflow-ui prefect-server clean
+.PHONY: help install train data evaluate serve test lint typecheck unit browser-deps postgres-deps benchmarks mlflow-ui prefect-server stack stack-down clean
 
 help:
 	@echo "make train      run the train-flow (download, version, validate, split, train, gate, promote)"
 	@echo "make test       lint, type-check and run the tests"
 	@echo "make serve      serve the Production model on http://127.0.0.1:8000"
 	@echo "make mlflow-ui  browse runs and the registry on http://127.0.0.1:5000"
+	@echo "make stack      the team setup on this machine: PostgreSQL, S3, MLflow + Prefect servers, a worker"
+	@echo "make stack-down stop it"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,7 +60,17 @@ browser-deps:
 unit: install
 	$(BIN)/pytest
 
-test: install lint typecheck browser-deps
+# Debian's PostgreSQL for the services test and `make stack`. Those run their own server in a
+# temporary folder, so the package's default system cluster is not created.
+PG_BIN ?= /usr/lib/postgresql/15/bin
+export STACK_PG_BIN := $(PG_BIN)
+postgres-deps:
+	@test -x $(PG_BIN)/initdb || ( \
+		mkdir -p /etc/postgresql-common/createcluster.d && \
+		echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/no-main-cluster.conf && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+test: install lint typecheck browser-deps postgres-deps
 	$(BIN)/pytest
 
 benchmarks: install
@@ -69,6 +81,13 @@ mlflow-ui: install
 
 prefect-server: install
 	$(BIN)/prefect server start --host 127.0.0.1
+
+# The same services the services test starts (deployments/stack.py), state and logs in .stack/.
+stack: install postgres-deps
+	$(PY) -m deployments.stack up --dir .stack
+
+stack-down:
+	$(PY) -m deployments.stack down --dir .stack
 
 clean:
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache
