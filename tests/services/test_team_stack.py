@@ -53,23 +53,25 @@ def test_flow_run_and_model_registry_live_in_postgres(
         "prefect",
         f"SELECT state_type, parameters FROM flow_run WHERE id = '{flow_run_id}'",
     )
-    assert state == "COMPLETED"
-    assert '"profile": "smoke"' in params
+    assert state == "COMPLETED", f"Prefect's database records the flow run as {state}"
+    assert '"profile": "smoke"' in params, params
     runs = psql(team.stack, "mlflow", "SELECT run_uuid, status FROM runs")
-    assert any(status == "FINISHED" for _, status in runs), runs
+    assert any(status == "FINISHED" for _, status in runs), (
+        f"no finished run in MLflow's DB: {runs}"
+    )
     versions = psql(
         team.stack,
         "mlflow",
         f"SELECT version, current_stage, run_id FROM model_versions WHERE name = '{MODEL_NAME}'",
     )
-    assert [(v, stage) for v, stage, _ in versions] == [("1", "Production")]
-    assert versions[0][2] in {run_id for run_id, _ in runs}
+    assert [(v, stage) for v, stage, _ in versions] == [("1", "Production")], versions
+    assert versions[0][2] in {run_id for run_id, _ in runs}, "the version's run is not in the DB"
     aliases = psql(
         team.stack,
         "mlflow",
         f"SELECT alias, version FROM registered_model_aliases WHERE name = '{MODEL_NAME}'",
     )
-    assert aliases == [("production", "1")]
+    assert aliases == [("production", "1")], aliases
 
 
 def test_model_artifacts_are_in_the_mlflow_bucket(
@@ -77,10 +79,13 @@ def test_model_artifacts_are_in_the_mlflow_bucket(
 ) -> None:
     keys = bucket_keys(team, MLFLOW_BUCKET)
     model_files = [key for key in keys if "/models/" in key]
-    assert any(key.endswith("/MLmodel") for key in model_files), keys
-    assert any(key.endswith(".pt2") for key in model_files), model_files
+    assert any(key.endswith("/MLmodel") for key in model_files), (
+        f"no logged model in s3://{MLFLOW_BUCKET} (keys: {keys[:20]}); did the experiment get "
+        "created on the server (deployments.stack.ensure_experiment)?"
+    )
+    assert any(key.endswith(".pt2") for key in model_files), f"no pt2 archive: {model_files}"
     # Nothing was written beside the flow's project: artefacts went through the server's proxy.
-    assert not (team.project / "mlartifacts").exists()
+    assert not (team.project / "mlartifacts").exists(), "the run wrote artefacts locally"
 
 
 def test_data_is_in_the_dvc_bucket_and_a_fresh_clone_pulls_it(
@@ -89,8 +94,9 @@ def test_data_is_in_the_dvc_bucket_and_a_fresh_clone_pulls_it(
     md5 = read_dvc_md5(team.project / "data.dvc")
     assert md5 is not None and md5.endswith(".dir")
     keys = bucket_keys(team, DVC_BUCKET, f"{DVC_PREFIX}/")
-    assert f"{DVC_PREFIX}/files/md5/{md5[:2]}/{md5[2:]}" in keys, keys
-    assert len(keys) >= 3, keys  # the listing and the data files
+    listing = f"{DVC_PREFIX}/files/md5/{md5[:2]}/{md5[2:]}"
+    assert listing in keys, f"{listing} (data.dvc) is not in s3://{DVC_BUCKET}: {keys}"
+    assert len(keys) >= 3, f"the listing and the data files should be in the bucket: {keys}"
 
     # A fresh clone: the committed files only (no cache, no .dvc/config.local), then the
     # documented remote set-up and `dvc pull`.
@@ -114,7 +120,7 @@ def test_data_is_in_the_dvc_bucket_and_a_fresh_clone_pulls_it(
             timeout=120,
         )
         assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout}{result.stderr}"
-    assert folder_md5(clone / "data") == md5
+    assert folder_md5(clone / "data") == md5, "the pulled data differ from what data.dvc pins"
     # The flow wrote the endpoint from the settings into its own (git-ignored) local config.
     local = (team.project / ".dvc" / "config.local").read_text()
     assert stack.s3_url in local and stack.dvc_remote_url in local
@@ -267,11 +273,12 @@ def test_two_replicas_follow_promotions_and_ride_out_an_mlflow_outage(
         traffic.finish()
         for replica in replicas:
             stop_server(replica)
-    assert not_ready == [], not_ready[:10]
-    assert traffic.failures == [], traffic.failures[:10]
+    assert not_ready == [], f"/ready failed while MLflow was down: {not_ready[:10]}"
+    assert traffic.failures == [], f"failed requests: {traffic.failures[:10]}"
     during = [(url, v) for t, url, v in traffic.answers if outage[0] <= t <= outage[1]]
     for url in urls:  # each replica answered, with the promoted model, while MLflow was down
-        assert {v for u, v in during if u == url} == {v2}, during[-10:]
+        served = {v for u, v in during if u == url}
+        assert served == {v2}, f"{url} served {served or 'nothing'} during the outage, not v{v2}"
     print(
         f"switch to v{v2}: {switch_s:.1f} s, to v{v3} after the outage: {recover_s:.1f} s; "
         f"{len(traffic.answers)} answers, {len(during)} during the {OUTAGE_S:.0f} s outage, "
