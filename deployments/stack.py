@@ -53,7 +53,9 @@ QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1",
 }
-ORDER = ("worker", "prefect", "mlflow", "s3")  # stop order; PostgreSQL goes last
+# Stop order: the worker first (no flow run starts while the rest goes), then the servers at once,
+# PostgreSQL last.
+STOP_ORDER = (("worker",), ("prefect", "mlflow", "s3"))
 
 
 class StackError(RuntimeError):
@@ -192,24 +194,34 @@ def _group_alive(pid: int) -> bool:
     return True
 
 
-def _stop_group(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after ``timeout``."""
+def _stop_groups(pids: list[int], timeout: float = 15.0) -> None:
+    """SIGTERM the process groups together, then SIGKILL whatever is left after ``timeout``."""
+    left = list(pids)
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
         deadline = time.monotonic() + wait
-        while _group_alive(pid) and time.monotonic() < deadline:
+        while any(_group_alive(pid) for pid in left) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not _group_alive(pid):
+        left = [pid for pid in left if _group_alive(pid)]
+        if not left:
             break
-    _children.pop(pid, None)
+    for pid in pids:
+        _children.pop(pid, None)
+    if left:
+        raise StackError(f"process groups {left} survived SIGKILL; check them with `ps -g`.")
+
+
+def stop_services(stack: Stack, *names: str) -> None:
+    pids = [stack.pids.pop(name) for name in names if name in stack.pids]
+    if pids:
+        _stop_groups(pids)
+        stack.save()
 
 
 def stop_service(stack: Stack, name: str) -> None:
-    pid = stack.pids.pop(name, None)
-    if pid is not None:
-        _stop_group(pid)
-        stack.save()
+    stop_services(stack, name)
 
 
 def _log_tail(stack: Stack, name: str) -> str:
@@ -450,11 +462,11 @@ def up(
 def down(stack: Stack) -> None:
     """Stop every service and remove the database folder; safe to call more than once."""
     errors: list[str] = []
-    for name in ORDER:
+    for names in STOP_ORDER:
         try:
-            stop_service(stack, name)
+            stop_services(stack, *names)
         except Exception as exc:
-            errors.append(f"{name}: {exc}")
+            errors.append(f"{', '.join(names)}: {exc}")
     try:
         stop_postgres(stack)
     except Exception as exc:

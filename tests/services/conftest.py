@@ -47,6 +47,12 @@ def team(tmp_path_factory: pytest.TempPathFactory, tiny_sources: TinySources) ->
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_ARTIFACT_LOCATION", "DATA_DVC_REMOTE_URL"):
         flow_env.pop(key)
     flow_env["PROFILE"] = ""
+    # The smallest network the trainer builds: this test is about where things land, not accuracy.
+    flow_env |= {
+        "TRAIN_MODEL_PRESET": "custom",
+        "TRAIN_WIDTHS": "[8, 16]",
+        "TRAIN_BLOCKS_PER_STAGE": "1",
+    }
     root = tmp_path_factory.mktemp("stack")
     with stack_module.running(root, ui=False, worker_env=flow_env) as stack:
         yield Team(stack, project)
