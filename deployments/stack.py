@@ -235,7 +235,7 @@ def _wait(stack: Stack, name: str, check: Callable[[], bool], timeout: float) ->
         try:
             if check():
                 return
-        except OSError:
+        except Exception:  # refused, reset, not JSON yet: not up yet; the log tells at the end
             pass
         pid = stack.pids.get(name)
         if pid is not None and not _group_alive(pid):
