@@ -10,6 +10,8 @@ import pytest
 from deployments import stack as stack_module
 from deployments.stack import Stack, StackError
 
+pytestmark = pytest.mark.services
+
 
 def test_a_failed_start_stops_what_already_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
