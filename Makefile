@@ -16,7 +16,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= true
 
-.PHONY: help install train data evaluate serve test lint typecheck unit browser-deps benchmarks mlflow-ui prefect-server clean
+.PHONY: help install train data evaluate serve test lint typecheck unit browser-deps postgres-deps benchmarks mlflow-ui prefect-server stack stack-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
@@ -54,10 +54,20 @@ browser-deps: ## install Debian's Chromium for the browser test, if missing
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 unit: install ## the fast tests only (no real servers, no real data)
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest -m "not integration and not services"
 
-test: install lint typecheck browser-deps ## what CI runs: lint, types, all tests
+test: install lint typecheck browser-deps postgres-deps ## what CI runs: lint, types, all tests
 	$(BIN)/pytest
+
+# Debian's PostgreSQL for the services test and `make stack`. Those run their own server in a
+# temporary folder, so the package's default system cluster is not created.
+PG_BIN ?= /usr/lib/postgresql/15/bin
+export STACK_PG_BIN := $(PG_BIN)
+postgres-deps: ## install Debian's PostgreSQL for the services test and make stack, if missing
+	@test -x $(PG_BIN)/initdb || ( \
+		mkdir -p /etc/postgresql-common/createcluster.d && \
+		echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/no-main-cluster.conf && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
 benchmarks: install ## run every benchmark (minutes; on a quiet machine)
 	$(PY) -m benchmarks.run_all
@@ -67,6 +77,13 @@ mlflow-ui: install ## browse runs and the registry on http://127.0.0.1:5000
 
 prefect-server: install ## a Prefect server with UI on http://127.0.0.1:4200
 	$(BIN)/prefect server start --host 127.0.0.1
+
+# The same services the services test starts (deployments/stack.py), state and logs in .stack/.
+stack: install postgres-deps ## the team setup here: PostgreSQL, S3 (moto), MLflow + Prefect servers, a worker
+	$(PY) -m deployments.stack up --dir .stack
+
+stack-down: ## stop what make stack started
+	$(PY) -m deployments.stack down --dir .stack
 
 clean: ## remove outputs and tool caches
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

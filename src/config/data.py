@@ -26,6 +26,8 @@ class DataConfig(BaseModel):
     # DVC remote; a relative path is taken from the project root.
     dvc_remote_name: str = "local"
     dvc_remote_url: str = "../dvc-remote"
+    # S3-compatible store that is not AWS (MinIO, Ceph, moto): its URL, kept in .dvc/config.local.
+    dvc_remote_endpoint_url: str | None = None
 
     # Validation thresholds.
     min_rows: int = Field(default=60_000, ge=1)

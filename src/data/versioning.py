@@ -9,7 +9,8 @@ also known *before* versioning (:func:`dir_md5`).
 Remote: ``cfg.dvc_remote_url`` (default ``../dvc-remote``, relative to the project root) under the
 name ``cfg.dvc_remote_name``. The committed ``.dvc/config`` names it as the default remote; a
 different URL from the environment (``DATA_DVC_REMOTE_URL=s3://bucket/prefix``) is written to the
-git-ignored ``.dvc/config.local`` so the committed file does not change.
+git-ignored ``.dvc/config.local`` so the committed file does not change, with the endpoint of
+an S3-compatible store (``DATA_DVC_REMOTE_ENDPOINT_URL``) when one is set.
 """
 
 from __future__ import annotations
@@ -126,10 +127,15 @@ def _ensure_remote(repo: Any, root: Path, cfg: DataConfig) -> None:
     if current is not None and "://" not in str(current):
         current = str(Path(str(current)).resolve())
     default = config.get("core", {}).get("remote")
-    if current == wanted and default == cfg.dvc_remote_name:
+    endpoint = cfg.dvc_remote_endpoint_url
+    current_endpoint = config.get("remote", {}).get(cfg.dvc_remote_name, {}).get("endpointurl")
+    same_endpoint = endpoint is None or current_endpoint == endpoint
+    if current == wanted and default == cfg.dvc_remote_name and same_endpoint:
         return
     with config.edit("local") as conf:
         conf["remote"][cfg.dvc_remote_name] = {"url": wanted}
+        if endpoint:
+            conf["remote"][cfg.dvc_remote_name]["endpointurl"] = endpoint
         conf["core"]["remote"] = cfg.dvc_remote_name
 
 

@@ -1,0 +1,286 @@
+"""Scale-out on real services: PostgreSQL, an S3 store (moto), the MLflow and Prefect servers and a
+process worker, all started by deployments/stack.py (what `make stack` runs) on 127.0.0.1.
+
+The smoke train-flow runs as a Prefect deployment; the tests then look where everything landed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from deployments.stack import (
+    DVC_BUCKET,
+    DVC_PREFIX,
+    MLFLOW_BUCKET,
+    psql,
+    start_mlflow,
+    stop_service,
+    wait_mlflow,
+)
+from src import registry
+from src.data.versioning import folder_md5, read_dvc_md5
+from tests.api.conftest import Server, encode, sample_images, start_server, stop_server, wait_until
+from tests.flows.conftest import BIN
+from tests.services.conftest import MODEL_NAME, DeploymentRun, Team
+
+pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
+
+
+def bucket_keys(team: Team, bucket: str, prefix: str = "") -> list[str]:
+    pages = team.stack.s3_client().get_paginator("list_objects_v2")
+    return [
+        item["Key"]
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+    ]
+
+
+def test_flow_run_and_model_registry_live_in_postgres(
+    team: Team, deployment_run: DeploymentRun
+) -> None:
+    flow_run_id = deployment_run.flow_run["id"]
+    [(state, params)] = psql(
+        team.stack,
+        "prefect",
+        f"SELECT state_type, parameters FROM flow_run WHERE id = '{flow_run_id}'",
+    )
+    assert state == "COMPLETED", f"Prefect's database records the flow run as {state}"
+    assert '"profile": "smoke"' in params, params
+    runs = psql(team.stack, "mlflow", "SELECT run_uuid, status FROM runs")
+    assert any(status == "FINISHED" for _, status in runs), (
+        f"no finished run in MLflow's DB: {runs}"
+    )
+    versions = psql(
+        team.stack,
+        "mlflow",
+        f"SELECT version, current_stage, run_id FROM model_versions WHERE name = '{MODEL_NAME}'",
+    )
+    assert [(v, stage) for v, stage, _ in versions] == [("1", "Production")], versions
+    assert versions[0][2] in {run_id for run_id, _ in runs}, "the version's run is not in the DB"
+    aliases = psql(
+        team.stack,
+        "mlflow",
+        f"SELECT alias, version FROM registered_model_aliases WHERE name = '{MODEL_NAME}'",
+    )
+    assert aliases == [("production", "1")], aliases
+
+
+def test_model_artifacts_are_in_the_mlflow_bucket(
+    team: Team, deployment_run: DeploymentRun
+) -> None:
+    keys = bucket_keys(team, MLFLOW_BUCKET)
+    model_files = [key for key in keys if "/models/" in key]
+    assert any(key.endswith("/MLmodel") for key in model_files), (
+        f"no logged model in s3://{MLFLOW_BUCKET} (keys: {keys[:20]}); did the experiment get "
+        "created on the server (deployments.stack.ensure_experiment)?"
+    )
+    assert any(key.endswith(".pt2") for key in model_files), f"no pt2 archive: {model_files}"
+    # Nothing was written beside the flow's project: artefacts went through the server's proxy.
+    assert not (team.project / "mlartifacts").exists(), "the run wrote artefacts locally"
+
+
+def test_data_is_in_the_dvc_bucket_and_a_fresh_clone_pulls_it(
+    team: Team, deployment_run: DeploymentRun, tmp_path: Path
+) -> None:
+    md5 = read_dvc_md5(team.project / "data.dvc")
+    assert md5 is not None and md5.endswith(".dir")
+    keys = bucket_keys(team, DVC_BUCKET, f"{DVC_PREFIX}/")
+    listing = f"{DVC_PREFIX}/files/md5/{md5[:2]}/{md5[2:]}"
+    assert listing in keys, f"{listing} (data.dvc) is not in s3://{DVC_BUCKET}: {keys}"
+    assert len(keys) >= 3, f"the listing and the data files should be in the bucket: {keys}"
+
+    # A fresh clone: the committed files only (no cache, no .dvc/config.local), then the
+    # documented remote set-up and `dvc pull`.
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copy(team.project / "data.dvc", clone / "data.dvc")
+    stack = team.stack
+    env = {**os.environ, **stack.aws_env(), "DVC_NO_ANALYTICS": "1"}
+    for args in (
+        ["init", "--no-scm"],
+        ["remote", "add", "--local", "-d", "s3", stack.dvc_remote_url],
+        ["remote", "modify", "--local", "s3", "endpointurl", stack.s3_url],
+        ["pull"],
+    ):
+        result = subprocess.run(
+            [str(BIN / "dvc"), *args],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    assert folder_md5(clone / "data") == md5, "the pulled data differ from what data.dvc pins"
+    # The flow wrote the endpoint from the settings into its own (git-ignored) local config.
+    local = (team.project / ".dvc" / "config.local").read_text()
+    assert stack.s3_url in local and stack.dvc_remote_url in local
+    assert yaml.safe_load((team.project / "data.dvc").read_text())["outs"][0]["md5"] == md5
+
+
+# --- two API replicas on the MLflow server ------------------------------------------------------
+
+POLL_S = 3.0  # the replicas' registry poll interval
+# A replica notices a promotion at its next poll, then downloads and loads the model before it
+# answers with it; this bounds the download and load through the artefact proxy on a busy machine.
+LOAD_ALLOWANCE_S = 12.0
+OUTAGE_S = 10.0
+# After the outage a replica's registry client may still be backing off between retries.
+RECOVERY_S = 60.0
+
+
+class Traffic(threading.Thread):
+    """A bounded client loop: /predict on every replica in turn, counting what failed."""
+
+    def __init__(self, urls: list[str], max_requests: int = 4000, max_seconds: float = 240) -> None:
+        super().__init__(daemon=True)
+        self.urls, self.max_requests, self.max_seconds = urls, max_requests, max_seconds
+        self.stop = threading.Event()
+        self.answers: list[tuple[float, str, str]] = []  # (time, replica, version)
+        self.failures: list[str] = []
+        self.image = encode(sample_images(1)[0])
+
+    def run(self) -> None:
+        started = time.monotonic()
+        with httpx.Client(timeout=30) as client:
+            while (
+                not self.stop.is_set()
+                and len(self.answers) + len(self.failures) < self.max_requests
+            ):
+                if time.monotonic() - started > self.max_seconds:
+                    break
+                for url in self.urls:
+                    files = {"file": ("garment.png", self.image, "image/png")}
+                    try:
+                        response = client.post(f"{url}/predict", files=files)
+                    except httpx.HTTPError as exc:
+                        self.failures.append(f"{url}: {type(exc).__name__}: {exc}")
+                        continue
+                    if response.status_code != 200:
+                        self.failures.append(f"{url}: {response.status_code} {response.text[:200]}")
+                    else:
+                        version = str(response.json()["model_version"])
+                        self.answers.append((time.monotonic(), url, version))
+                time.sleep(0.05)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(timeout=60)
+
+
+def served_version(url: str) -> str | None:
+    try:
+        response = httpx.get(f"{url}/model", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return str(response.json()["version"]) if response.status_code == 200 else None
+
+
+def promote_copy_of_v1(team: Team) -> str:
+    """Register the trained model again and pass it through the gate and promotion steps the
+    train-flow uses (src/registry.py)."""
+    client = registry.get_client(team.stack.mlflow_url)
+    first = client.get_model_version(MODEL_NAME, "1")
+    new = registry.register_candidate(
+        client, MODEL_NAME, model_uri=str(first.source), run_id=first.run_id
+    )
+    version = str(new.version)
+    registry.record_gate_decision(
+        client, MODEL_NAME, version, passed=True, reasons=["services test: same model as v1"]
+    )
+    registry.promote(client, MODEL_NAME, version)
+    return version
+
+
+def seconds_until_all_serve(urls: list[str], version: str, timeout: float) -> float:
+    started = time.monotonic()
+    wait_until(lambda: all(served_version(url) == version for url in urls), timeout, 0.1)
+    return time.monotonic() - started
+
+
+def start_replicas(tmp_path: Path, tracking_uri: str, count: int = 2) -> list[Server]:
+    """``count`` uvicorn processes at once; if one fails to start, the others are stopped."""
+
+    def start() -> Server:
+        return start_server(
+            tmp_path,
+            tracking_uri,
+            MODEL_NAME,
+            SERVE_POLL_INTERVAL_S=str(POLL_S),
+            SERVE_RETRY_INTERVAL_S="1",
+        )
+
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(start) for _ in range(count)]
+    started = [future.result() for future in futures if future.exception() is None]
+    for future in futures:
+        if future.exception() is not None:
+            for server in started:
+                stop_server(server)
+            future.result()
+    return started
+
+
+def ready_failures_while_down(urls: list[str], seconds: float) -> list[str]:
+    """Poll /ready on every replica for ``seconds``; return the answers that were not 200."""
+    failures: list[str] = []
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        for url in urls:
+            try:
+                status = httpx.get(f"{url}/ready", timeout=5).status_code
+            except httpx.HTTPError as exc:
+                failures.append(f"{url}: {type(exc).__name__}")
+                continue
+            if status != 200:
+                failures.append(f"{url}: {status}")
+        time.sleep(0.5)
+    return failures
+
+
+def test_two_replicas_follow_promotions_and_ride_out_an_mlflow_outage(
+    team: Team, deployment_run: DeploymentRun, tmp_path: Path
+) -> None:
+    stack = team.stack
+    replicas = start_replicas(tmp_path, stack.mlflow_url)
+    urls = [replica.url for replica in replicas]
+    traffic = Traffic(urls)
+    try:
+        assert [served_version(url) for url in urls] == ["1", "1"]
+        traffic.start()
+        # 1. A promotion reaches both replicas.
+        v2 = promote_copy_of_v1(team)
+        switch_s = seconds_until_all_serve(urls, v2, POLL_S + LOAD_ALLOWANCE_S)
+        # 2. The MLflow server goes away: both keep serving and stay ready.
+        stop_service(stack, "mlflow")
+        outage = (time.monotonic(), time.monotonic() + OUTAGE_S)
+        not_ready = ready_failures_while_down(urls, OUTAGE_S)
+        start_mlflow(stack)
+        wait_mlflow(stack)
+        # 3. Back: both notice the next promotion again.
+        v3 = promote_copy_of_v1(team)
+        recover_s = seconds_until_all_serve(urls, v3, RECOVERY_S)
+    finally:
+        traffic.finish()
+        for replica in replicas:
+            stop_server(replica)
+    assert not_ready == [], f"/ready failed while MLflow was down: {not_ready[:10]}"
+    assert traffic.failures == [], f"failed requests: {traffic.failures[:10]}"
+    during = [(url, v) for t, url, v in traffic.answers if outage[0] <= t <= outage[1]]
+    for url in urls:  # each replica answered, with the promoted model, while MLflow was down
+        served = {v for u, v in during if u == url}
+        assert served == {v2}, f"{url} served {served or 'nothing'} during the outage, not v{v2}"
+    print(
+        f"switch to v{v2}: {switch_s:.1f} s, to v{v3} after the outage: {recover_s:.1f} s; "
+        f"{len(traffic.answers)} answers, {len(during)} during the {OUTAGE_S:.0f} s outage, "
+        f"deployment run {deployment_run.seconds:.0f} s"
+    )
