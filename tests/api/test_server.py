@@ -167,10 +167,13 @@ def test_load_with_a_promotion_in_the_middle(
 
 
 def test_the_server_imports_no_training_or_orchestration_code() -> None:
+    """Neither torch nor MLflow (their import is most of a cold start, and MLflow's model loaders
+    unpickle), nor any training or orchestration code."""
     code = (
         "import sys, src.api; "
-        "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'prefect', 'src.model', "
-        "'src.training', 'src.evaluate', 'great_expectations', 'dvc') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'mlflow', 'lightning', 'pytorch_lightning', 'prefect', "
+        "'src.model', 'src.model_io', 'src.registry', 'src.training', 'src.evaluate', "
+        "'great_expectations', 'dvc') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
