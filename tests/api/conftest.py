@@ -26,7 +26,7 @@ from PIL import Image
 from src.config import AppConfig, load_config
 from src.labels import CLASS_NAMES
 from src.model_io import log_classifier
-from src.registry import promote, register_candidate, record_gate_decision
+from src.registry import promote, record_gate_decision, register_candidate
 from src.training.train import export_onnx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
