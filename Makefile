@@ -42,7 +42,7 @@ evaluate: install
 	$(PY) -m src.evaluate $(ARGS)
 
 serve: install
-	$(BIN)/uvicorn src.api:app --host 127.0.0.1 --port 8000
+	$(BIN)/python -m src.serving.cli
 
 lint: install
 	$(BIN)/ruff check .
