@@ -339,6 +339,7 @@ class RawResult:
     parallel: int
     threads: int
     images_per_s: float
+    cpu_ms_per_image: float
 
 
 def raw_forward(
@@ -365,18 +366,19 @@ def raw_forward(
             i += 1
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(parallel)]
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_before
     return RawResult(
         "session.run on normalised batches",
         batch_size,
         parallel,
         model.classifier.threads,
         sum(counts) / elapsed,
+        1000 * cpu / max(1, sum(counts)),
     )
 
 
@@ -558,7 +560,9 @@ def summary(report: Report, batch_size: int) -> list[str]:
             f"- /predict/batch ({batch_size}/request, concurrency {batch.concurrency}): "
             f"{batch.images_per_s:.0f} img/s; raw batched forward ({raw.parallel} parallel × "
             f"{raw.threads} thread, batch {raw.batch_size}): {raw.images_per_s:.0f} img/s; "
-            f"ratio {batch.images_per_s / raw.images_per_s:.2f}x"
+            f"ratio {batch.images_per_s / raw.images_per_s:.2f}x; CPU per image: server "
+            f"{batch.server_cpu_ms_per_image:.2f} ms (everything included), raw "
+            f"{raw.cpu_ms_per_image:.2f} ms (ratio {raw.cpu_ms_per_image / batch.server_cpu_ms_per_image:.2f}x)"
         )
     lines += [
         f"- raw {r.what}: batch {r.batch_size}, {r.parallel} parallel × {r.threads} thread: "
