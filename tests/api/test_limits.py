@@ -10,6 +10,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import anyio
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -248,3 +249,35 @@ def test_a_non_ascii_api_key_matches_its_utf8_bytes(registry: Registry) -> None:
         client.__exit__(None, None, None)
     assert good.status_code == 200, good.text
     assert bad.status_code == 401
+
+
+def test_work_is_dropped_when_the_client_disconnects(
+    registry: Registry, server_factory: Any
+) -> None:
+    """A batch that takes a while to decode, from a client that leaves right after sending it:
+    the server stops instead of classifying it for nobody."""
+    registry.add_production("tshirt")
+    server = server_factory(registry.tracking_uri, registry.name)
+    gradient = np.tile(np.arange(2048, dtype=np.uint8), (2048, 1))
+    big = io.BytesIO()
+    Image.fromarray(gradient).convert("RGBA").save(big, format="PNG")
+    parts = b"".join(
+        b'--b\r\nContent-Disposition: form-data; name="files"; filename="%d.png"\r\n\r\n' % i
+        + big.getvalue()
+        + b"\r\n"
+        for i in range(7)
+    )
+    body = parts + b"--b--\r\n"
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(
+            b"POST /predict/batch HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+    # The request's log line is written once the server has finished with it.
+    wait_until(lambda: any('"/predict/batch"' in line for line in server.log_lines()), timeout=60)
+    line = next(line for line in server.log_lines() if '"/predict/batch"' in line)
+    assert "client_disconnected" in line, line
+    metrics = httpx.get(server.url + "/metrics", timeout=5).text
+    assert "predictions_total{" not in metrics, "the batch was classified for a client that left"
