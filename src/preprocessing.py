@@ -138,6 +138,8 @@ def load_pixels(image: Image.Image) -> Image.Image:
 
 
 def _orientation(image: Image.Image) -> int:
+    if "exif" not in image.info:  # every decoder puts an EXIF block there; most files have none
+        return 1
     try:
         return int(image.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # a damaged EXIF block is not worth refusing the picture for
@@ -182,8 +184,11 @@ def to_model_image(image: Image.Image) -> np.ndarray:
 
 
 def _border_value(array: np.ndarray) -> int:
-    border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
-    return int(np.median(border))
+    border = np.sort(np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]]))
+    middle = border.size // 2  # the median, as np.median computes it, without its overhead
+    if border.size % 2:
+        return int(border[middle])
+    return int((int(border[middle - 1]) + int(border[middle])) / 2)
 
 
 def normalize_array(images: np.ndarray) -> np.ndarray:
