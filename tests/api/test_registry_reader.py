@@ -150,3 +150,19 @@ def test_loads_production_from_an_mlflow_server_through_its_artifact_proxy(
     assert model is not None and model.version == "1" and model.flip_tta is True
     assert model.metrics["test_accuracy"] == pytest.approx(0.93)
     assert model.predict_proba(_zeros()).argmax() == 0
+
+
+def test_an_unsupported_tracking_uri_is_named_without_its_secret() -> None:
+    from src.serving.registry_reader import RegistryReadError, reader_for
+
+    with pytest.raises(RegistryReadError, match="sqlite:/// or http") as caught:
+        reader_for("postgresql://bob:hunter2@db.internal/mlflow")
+    assert "hunter2" not in str(caught.value) and "db.internal" in str(caught.value)
+
+
+def test_http_credentials_become_an_authorization_header_not_part_of_the_url() -> None:
+    from src.serving.registry_reader import HttpRegistry
+
+    reader = HttpRegistry("https://alice:s3cret@mlflow.example:8443/base/")
+    assert reader.base == "https://mlflow.example:8443/base"
+    assert reader.headers["Authorization"].startswith("Basic ")
