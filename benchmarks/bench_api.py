@@ -1,23 +1,26 @@
-"""Benchmark the HTTP API against a real uvicorn process on 127.0.0.1.
+"""Benchmark the HTTP API against a real uvicorn process on 127.0.0.1, on the model it serves.
 
-Measures, on the same real Fashion-MNIST images (PNG-encoded):
+The model is what ``make serve`` would serve: the Production version of the configured registry
+(``configs/mlflow.yaml``, by default the embedded ``sqlite:///mlflow.db``). Only without one, a
+stand-in with the default architecture and test-time augmentation (``src.model.build_model`` on the
+default ``TrainConfig``, random weights: the same compute) is exported with the trainer's own
+``export_onnx`` and promoted with ``src.registry`` into a temporary registry. The report names the
+model (name, version, TTA, runtime, threads). Measured, on the same PNG-encoded images:
 
-* cold start: process spawn → ``/health`` 200 and → ``/ready`` 200 (Production already in the
-  registry), and Production promoted → ``/ready`` 200 (server already up, waiting for a model);
-* ``POST /predict`` and ``POST /predict/batch`` at concurrency 1, 8 and 32: p50/p99 latency and
-  throughput (closed loop, keep-alive connections, for ``--duration`` seconds each);
-* the model's raw in-process forward on the same images (already preprocessed tensors): per
-  image (batch 1) and batched, with 1 torch thread and with all cores.
+* cold start: process spawn → ``/health`` 200 and → ``/ready`` 200 (median of three spawns);
+* ``POST /predict`` (p50/p99, concurrency 1 and 8) and ``POST /predict/batch`` (images/s);
+* the raw batched forward in process with the SAME runtime, session options and parallelism as
+  the server (ONNX Runtime, ``inference_threads`` per forward, one forward per core at once), and
+  the batch/raw ratio;
+* memory: peak RSS growth of the server during one worst-case ``/predict`` and one worst-case
+  ``/predict/batch`` (the largest bodies and decoded pixels the limits allow);
+* ``/predict`` p50/p99 while two worst-case batches are in flight;
+* the multipart reader against python-multipart's parser (µs per file).
 
-The model is the registry's Production model when ``--tracking-uri`` names a registry that has
-one; otherwise a ResNet-20-like net (torchvision ``BasicBlock``, widths 16-32-64, 3 blocks per
-stage; random weights: the same compute as a trained one) is logged with
-``src.model_io.log_classifier`` into a temporary sqlite registry.
+    python -m benchmarks.bench_api                 # a few minutes
+    python -m benchmarks.bench_api --duration 3 --tracking-uri sqlite:///mlflow.db
 
-    python -m benchmarks.bench_api                    # ~2 minutes
-    python -m benchmarks.bench_api --duration 3 --concurrency 1 8 32 --batch-size 64
-
-Results: a markdown table on stdout and JSON in ``outputs/benchmarks/bench_api.json``.
+Results: a markdown report on stdout and JSON in ``outputs/benchmarks/bench_api.json``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import tempfile
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,32 +51,6 @@ SHARED_IMAGES = REPO_ROOT.parent / "shared" / "fashion-mnist" / "train-images-id
 
 
 # --- model and data ---------------------------------------------------------------------------
-def resnet20() -> Any:
-    """CIFAR-style ResNet-20 for 1×28×28 inputs (~0.27 M parameters)."""
-    from torch import nn
-    from torchvision.models.resnet import BasicBlock
-
-    layers: list[nn.Module] = [
-        nn.Conv2d(1, 16, 3, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(inplace=True),
-    ]
-    inplanes = 16
-    for stage, planes in enumerate((16, 32, 64)):
-        for block in range(3):
-            stride = 2 if stage > 0 and block == 0 else 1
-            downsample = None
-            if stride != 1 or inplanes != planes:
-                downsample = nn.Sequential(
-                    nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
-                    nn.BatchNorm2d(planes),
-                )
-            layers.append(BasicBlock(inplanes, planes, stride, downsample))
-            inplanes = planes
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
-    return nn.Sequential(*layers).eval()
-
-
 def load_images(count: int) -> tuple[np.ndarray, str]:
     """``count`` real Fashion-MNIST images (uint8 N×28×28), or synthetic ones without the data."""
     if SHARED_IMAGES.is_file():
@@ -110,62 +86,11 @@ def multipart(field_name: str, blobs: list[bytes]) -> tuple[bytes, str]:
     )
 
 
-# --- registry and server ------------------------------------------------------------------------
+# --- server -----------------------------------------------------------------------------------
 @dataclass
 class BenchRegistry:
     tracking_uri: str
     name: str
-    source: str | None = None
-    run_id: str | None = None
-
-
-def make_registry(workdir: Path) -> BenchRegistry:
-    import mlflow
-
-    from src.model_io import log_classifier
-
-    uri = f"sqlite:///{workdir}/mlflow.db"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        experiment = mlflow.create_experiment("bench-api", (workdir / "art").as_uri())
-        with mlflow.start_run(experiment_id=experiment) as run:
-            mlflow.log_param("architecture", "resnet20 16-32-64 (random weights)")
-            info = log_classifier(resnet20())
-        source = mlflow.get_logged_model(info.model_id).artifact_location
-    finally:
-        mlflow.set_tracking_uri(previous)
-    registry = BenchRegistry(uri, "bench-resnet20", source, run.info.run_id)
-    promote(registry, register(registry))
-    return registry
-
-
-def _client(registry: BenchRegistry) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri)
-
-
-def register(registry: BenchRegistry, name: str | None = None) -> str:
-    client = _client(registry)
-    name = name or registry.name
-    try:
-        client.get_registered_model(name)
-    except Exception:
-        client.create_registered_model(name)
-    mv = client.create_model_version(name, source=registry.source, run_id=registry.run_id)
-    return str(mv.version)
-
-
-def promote(registry: BenchRegistry, version: str, name: str | None = None) -> None:
-    client = _client(registry)
-    name = name or registry.name
-    client.set_registered_model_alias(name, "production", version)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        client.transition_model_version_stage(
-            name, version, "Production", archive_existing_versions=True
-        )
 
 
 def free_port() -> int:
@@ -332,288 +257,435 @@ def run_load(
     )
 
 
+# --- the model that is served -------------------------------------------------------------------
+def standin_registry(workdir: Path) -> BenchRegistry:
+    """The default architecture + TTA (random weights), logged and promoted by the product's code."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from src.config import TrainConfig
+    from src.model import build_model
+    from src.model_io import log_classifier
+    from src.registry import promote_candidate, register_candidate
+    from src.training.train import export_onnx
+
+    cfg = TrainConfig()
+    model = build_model(cfg).eval()
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("bench-api", (workdir / "art").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_params({"model_preset": cfg.model_preset, "flip_tta": cfg.flip_tta})
+            info = log_classifier(model, metadata={"flip_tta": cfg.flip_tta})
+            mlflow.log_artifact(str(export_onnx(model, workdir / "model.onnx")), "onnx")
+        source = mlflow.get_logged_model(info.model_id).artifact_location
+    finally:
+        mlflow.set_tracking_uri(previous)
+    name = f"stand-in-{cfg.model_preset}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = register_candidate(client, name, model_uri=source, run_id=run.info.run_id).version
+    promote_candidate(client, name, str(version), passed=True, reasons=["benchmark stand-in"])
+    return BenchRegistry(uri, name)
+
+
+def served_model(args: argparse.Namespace, workdir: Path) -> tuple[BenchRegistry, Any, str]:
+    """(registry, loaded model, description): Production of the configured registry, else the
+    stand-in."""
+    from src.config import load_config
+    from src.serving.model_store import ModelStore
+
+    cfg = load_config()
+    registry = BenchRegistry(
+        args.tracking_uri or cfg.tracking_uri, args.model_name or cfg.mlflow.registered_model_name
+    )
+    threads = cfg.serve.inference_threads
+    store = ModelStore(
+        registry.tracking_uri, registry.name, poll_interval_s=1, retry_interval_s=1, threads=threads
+    )
+    label = "Production"
+    if not store.check_once():
+        print(
+            f"no loadable Production model ({store.status.reason}); using the stand-in",
+            file=sys.stderr,
+        )
+        registry = standin_registry(workdir)
+        store = ModelStore(
+            registry.tracking_uri,
+            registry.name,
+            poll_interval_s=1,
+            retry_interval_s=1,
+            threads=threads,
+        )
+        if not store.check_once():
+            raise SystemExit(f"the stand-in did not load: {store.status.reason}")
+        label = "stand-in (random weights, default architecture)"
+    model = store.current
+    assert model is not None
+    text = (
+        f"{model.name} v{model.version} [{label}], flip TTA "
+        f"{'on' if model.flip_tta else 'off' if model.flip_tta is False else 'unknown'}, "
+        f"{model.classifier.runtime}, {threads} thread(s) per forward"
+    )
+    return registry, model, text
+
+
 # --- raw in-process forward ---------------------------------------------------------------------
 @dataclass
 class RawResult:
     what: str
     batch_size: int
+    parallel: int
     threads: int
-    p50_ms: float
-    p99_ms: float
     images_per_s: float
     cpu_ms_per_image: float
 
 
 def raw_forward(
-    classifier: Any, tensors: Any, batch_size: int, threads: int, duration: float
+    model: Any, images: np.ndarray, batch_size: int, parallel: int, duration: float
 ) -> RawResult:
-    import torch
+    """``parallel`` threads each running the served session on batches of ``batch_size``, as the
+    server does (one forward per slot, ``inference_threads`` each)."""
+    from src.preprocessing import normalize_array
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        batches = [tensors[i : i + batch_size] for i in range(0, len(tensors), batch_size)]
-        batches = [b for b in batches if len(b) == batch_size] or [tensors[:batch_size]]
-        for batch in batches[:3]:
-            classifier.predict_proba(batch)
-        times: list[float] = []
-        cpu_before = time.process_time()
-        started = time.perf_counter()
-        i = 0
-        while time.perf_counter() - started < duration:
-            t0 = time.perf_counter()
-            classifier.predict_proba(batches[i % len(batches)])
-            times.append(time.perf_counter() - t0)
+    batches = [
+        normalize_array(images[i : i + batch_size])
+        for i in range(0, len(images) - batch_size + 1, batch_size)
+    ]
+    for batch in batches[:2]:
+        model.predict_proba(batch)
+    counts = [0] * parallel
+    stop_at = time.perf_counter() + duration
+
+    def worker(index: int) -> None:
+        i = index
+        while time.perf_counter() < stop_at:
+            model.predict_proba(batches[i % len(batches)])
+            counts[index] += batch_size
             i += 1
-        cpu_used = time.process_time() - cpu_before
-    finally:
-        torch.set_num_threads(previous)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(parallel)]
+    started, cpu_before = time.perf_counter(), time.process_time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_before
     return RawResult(
-        what="model.predict_proba (preprocessed tensors)",
-        batch_size=batch_size,
-        threads=threads,
-        p50_ms=percentile(times, 50) * 1000,
-        p99_ms=percentile(times, 99) * 1000,
-        images_per_s=batch_size * len(times) / sum(times),
-        cpu_ms_per_image=1000 * cpu_used / (batch_size * len(times)),
+        "session.run on normalised batches",
+        batch_size,
+        parallel,
+        model.classifier.threads,
+        sum(counts) / elapsed,
+        1000 * cpu / max(1, sum(counts)),
     )
 
 
-def raw_pipeline(classifier: Any, blobs: list[bytes], duration: float) -> RawResult:
-    """decode → to_model_image → normalize → forward, one image at a time, no HTTP."""
-    import torch
+# --- worst-case requests and memory -------------------------------------------------------------
+def compressible_png(side: int, mode: str = "RGBA") -> bytes:
+    """A ``side``² image that compresses to little (a large decode from a small body)."""
+    from PIL import Image
 
-    from src.preprocessing import decode_image, normalize, to_model_image
+    gradient = np.tile(np.arange(side, dtype=np.uint8), (side, 1))
+    image = Image.fromarray(gradient).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    times: list[float] = []
+
+def worst_case_bodies(serve: Any) -> dict[str, tuple[bytes, str]]:
+    """The largest body and decoded pixels the limits allow, for each endpoint."""
+    side = int(serve.max_image_pixels**0.5)
+    big = compressible_png(side)
+    padding = max(0, serve.max_image_bytes - len(big) - 1024)
+    single = big + bytes(padding)  # trailing bytes after IEND are read and ignored
+    count = max(1, serve.max_batch_pixels // (side * side) - 1)  # leave room for the fillers
+    small = png_bytes(np.zeros((28, 28), np.uint8))
+    room = serve.max_batch_bytes - count * len(big) - 256 * 1024
+    fillers = max(0, min(serve.max_batch_files - count, 240))
+    filler = small + bytes(max(0, room // max(1, fillers) - len(small) - 200))
+    blobs = [big] * count + [filler] * fillers
+    return {"/predict": multipart("file", [single]), "/predict/batch": multipart("files", blobs)}
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def post(port: int, path: str, body: tuple[bytes, str], timeout: float = 120) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        cpu_before = time.process_time()
-        started = time.perf_counter()
-        i = 0
-        while time.perf_counter() - started < duration:
-            t0 = time.perf_counter()
-            array = to_model_image(decode_image(blobs[i % len(blobs)]))
-            classifier.predict_proba(normalize(array))
-            times.append(time.perf_counter() - t0)
-            i += 1
-        cpu_used = time.process_time() - cpu_before
+        connection.request("POST", path, body=body[0], headers={"Content-Type": body[1]})
+        response = connection.getresponse()
+        response.read()
+        return response.status
     finally:
-        torch.set_num_threads(previous)
-    return RawResult(
-        what="decode + preprocess + forward in process (no HTTP)",
-        batch_size=1,
-        threads=1,
-        p50_ms=percentile(times, 50) * 1000,
-        p99_ms=percentile(times, 99) * 1000,
-        images_per_s=len(times) / sum(times),
-        cpu_ms_per_image=1000 * cpu_used / len(times),
-    )
+        connection.close()
 
 
-# --- main -----------------------------------------------------------------------------------------
+def peak_rss_growth(pid: int, port: int, path: str, body: tuple[bytes, str]) -> tuple[float, int]:
+    """(MiB of peak RSS growth over the baseline during one request, its status)."""
+    baseline = rss_bytes(pid)
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_bytes(pid))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        status = post(port, path, body)
+    finally:
+        done.set()
+        sampler.join()
+    return (peak - baseline) / 2**20, status
+
+
+def predict_while_batches_run(
+    port: int, single: list[tuple[bytes, str]], batch: tuple[bytes, str], duration: float
+) -> dict[str, float]:
+    """/predict p50/p99 while two worst-case batches are kept in flight."""
+    stop = threading.Event()
+    batch_statuses: list[int] = []
+
+    def batches() -> None:
+        while not stop.is_set():
+            batch_statuses.append(post(port, "/predict/batch", batch))
+
+    runners = [threading.Thread(target=batches) for _ in range(2)]
+    for runner in runners:
+        runner.start()
+    time.sleep(1.0)
+    latencies: list[float] = []
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    stop_at = time.perf_counter() + duration
+    i = 0
+    while time.perf_counter() < stop_at:
+        body, content_type = single[i % len(single)]
+        i += 1
+        sent = time.perf_counter()
+        connection.request("POST", "/predict", body=body, headers={"Content-Type": content_type})
+        connection.getresponse().read()
+        latencies.append(time.perf_counter() - sent)
+    stop.set()
+    for runner in runners:
+        runner.join()
+    return {
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "requests": float(len(latencies)),
+        "batches_done": float(len(batch_statuses)),
+    }
+
+
+# --- multipart ----------------------------------------------------------------------------------
+def multipart_parsers(blobs: list[bytes], repeats: int = 50) -> dict[str, float]:
+    """µs per file: this project's reader vs python-multipart's parser, on one batch body."""
+    from python_multipart.multipart import MultipartParser
+
+    from src.serving.multipart import boundary_of, parse_parts
+
+    body, content_type = multipart("files", blobs)
+    boundary = boundary_of(content_type)
+
+    def ours() -> None:
+        parse_parts(
+            body,
+            boundary,
+            max_files=len(blobs),
+            max_fields=16,
+            max_file_bytes=10**7,
+            max_field_bytes=65536,
+        )
+
+    def theirs() -> None:
+        chunks: list[bytes] = []
+        parser = MultipartParser(boundary, {"on_part_data": lambda d, s, e: chunks.append(d[s:e])})
+        parser.write(body)
+        parser.finalize()
+
+    result = {}
+    for name, parse in (("project reader", ours), ("python-multipart", theirs)):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            parse()
+        result[name] = (time.perf_counter() - started) / repeats / len(blobs) * 1e6
+    return result
+
+
+# --- report -------------------------------------------------------------------------------------
 @dataclass
 class Report:
     machine: dict[str, Any]
     model: str
     images: str
-    cold_start: dict[str, float] = field(default_factory=dict)
+    cold_start_s: dict[str, float] = field(default_factory=dict)
     http: list[LoadResult] = field(default_factory=list)
     raw: list[RawResult] = field(default_factory=list)
+    memory_mib: dict[str, float] = field(default_factory=dict)
+    under_batches: dict[str, float] = field(default_factory=dict)
+    multipart_us_per_file: dict[str, float] = field(default_factory=dict)
 
 
-def markdown(report: Report, batch_size: int) -> str:
+def summary(report: Report, batch_size: int) -> list[str]:
+    """The figures the README quotes, one line each."""
+    single = {r.concurrency: r for r in report.http if r.endpoint == "/predict"}
+    batch = max(
+        (r for r in report.http if r.endpoint == "/predict/batch"),
+        key=lambda r: r.images_per_s,
+        default=None,
+    )
+    raw = max(report.raw, key=lambda r: r.images_per_s, default=None)
     lines = [
-        f"Machine: {report.machine['cpus']} CPUs, load average before the run "
-        f"{report.machine['load_before']}, after {report.machine.get('load_after')}; "
-        f"model: {report.model}; images: {report.images}.",
-        "",
-        "| cold start | seconds |",
-        "|---|---:|",
+        f"- model: {report.model}",
+        f"- images: {report.images}",
+        f"- machine: {report.machine}",
     ]
-    lines += [f"| {k} | {v:.2f} |" for k, v in report.cold_start.items()]
+    lines += [f"- cold start {k}: {v:.2f} s" for k, v in report.cold_start_s.items()]
     lines += [
-        "",
-        "| endpoint | concurrency | images/request | p50 ms | p99 ms | requests/s | images/s "
-        "| server CPU ms/image | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"- /predict concurrency {c}: p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, "
+        f"{r.requests_per_s:.0f} req/s, errors {r.errors}"
+        for c, r in single.items()
     ]
+    if batch is not None and raw is not None:
+        lines.append(
+            f"- /predict/batch ({batch_size}/request, concurrency {batch.concurrency}): "
+            f"{batch.images_per_s:.0f} img/s; raw batched forward ({raw.parallel} parallel × "
+            f"{raw.threads} thread, batch {raw.batch_size}): {raw.images_per_s:.0f} img/s; "
+            f"ratio {batch.images_per_s / raw.images_per_s:.2f}x; CPU per image: server "
+            f"{batch.server_cpu_ms_per_image:.2f} ms (everything included), raw "
+            f"{raw.cpu_ms_per_image:.2f} ms (ratio {raw.cpu_ms_per_image / batch.server_cpu_ms_per_image:.2f}x)"
+        )
     lines += [
-        f"| {r.endpoint} | {r.concurrency} | {r.images_per_request} | {r.p50_ms:.1f} | "
-        f"{r.p99_ms:.1f} | {r.requests_per_s:.1f} | {r.images_per_s:.0f} | "
-        f"{r.server_cpu_ms_per_image:.2f} | {r.errors} |"
-        for r in report.http
-    ]
-    lines += [
-        "",
-        "| raw in-process | batch | torch threads | p50 ms | p99 ms | images/s | CPU ms/image |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r.what} | {r.batch_size} | {r.threads} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-        f"{r.images_per_s:.0f} | {r.cpu_ms_per_image:.2f} |"
+        f"- raw {r.what}: batch {r.batch_size}, {r.parallel} parallel × {r.threads} thread: "
+        f"{r.images_per_s:.0f} img/s"
         for r in report.raw
     ]
-    raw_batch = [r for r in report.raw if r.batch_size == batch_size]
-    http_batch = [r for r in report.http if r.endpoint == "/predict/batch"]
-    single = [r for r in report.http if r.endpoint == "/predict" and r.concurrency == 1]
-    if single:
-        lines += ["", f"/predict p50 at concurrency 1: {single[0].p50_ms:.1f} ms (target ≤ 15 ms)."]
-    if raw_batch and http_batch:
-        best_raw = max(raw_batch, key=lambda r: r.images_per_s)
-        best_http = max(http_batch, key=lambda r: r.images_per_s)
-        cheapest_raw = min(r.cpu_ms_per_image for r in raw_batch)
-        cheapest_http = min(r.server_cpu_ms_per_image for r in http_batch)
-        lines += [
-            f"/predict/batch best throughput {best_http.images_per_s:.0f} images/s "
-            f"(concurrency {best_http.concurrency}) vs best raw batched forward "
-            f"{best_raw.images_per_s:.0f} images/s (batch {batch_size}, "
-            f"{best_raw.threads} thread(s)): {best_http.images_per_s / best_raw.images_per_s:.2f}× "
-            "(target ≥ 0.8×).",
-            f"CPU cost per image: raw batched forward {cheapest_raw:.2f} ms, /predict/batch "
-            f"{cheapest_http:.2f} ms (server process, everything included): "
-            f"{cheapest_raw / cheapest_http:.2f}× the raw efficiency.",
-        ]
-    return "\n".join(lines)
+    lines += [
+        f"- peak RSS growth, worst-case {k}: {v:.1f} MiB" for k, v in report.memory_mib.items()
+    ]
+    if report.under_batches:
+        u = report.under_batches
+        lines.append(
+            f"- /predict while two worst-case batches run: p50 {u['p50_ms']:.1f} ms, "
+            f"p99 {u['p99_ms']:.1f} ms ({u['requests']:.0f} requests, "
+            f"{u['batches_done']:.0f} batches done)"
+        )
+    lines += [f"- multipart {k}: {v:.1f} µs/file" for k, v in report.multipart_us_per_file.items()]
+    return lines
+
+
+def cold_starts(
+    registry: BenchRegistry, log_path: Path, env: dict[str, str], spawns: int = 3
+) -> dict[str, float]:
+    health, ready = [], []
+    for _ in range(spawns):
+        server = start_server(registry, registry.name, log_path, env)
+        try:
+            health.append(wait_for(server.port, "/health", server.process, 120) - server.spawned_at)
+            ready.append(wait_for(server.port, "/ready", server.process, 120) - server.spawned_at)
+        finally:
+            server.stop()
+    return {
+        "spawn -> /health 200 (median)": statistics.median(health),
+        "spawn -> /ready 200 (median)": statistics.median(ready),
+        "spawn -> /ready 200 (max)": max(ready),
+    }
+
+
+def measure_http(
+    report: Report, server: Server, blobs: list[bytes], args: argparse.Namespace, model: Any
+) -> None:
+    pid, port = server.process.pid, server.port
+    singles = [multipart("file", [blob]) for blob in blobs]
+    batches = [
+        multipart("files", blobs[i : i + args.batch_size])
+        for i in range(0, len(blobs) - args.batch_size + 1, args.batch_size)
+    ]
+    for concurrency in (1, 8):
+        report.http.append(run_load(pid, port, "/predict", singles, 1, concurrency, args.duration))
+    for concurrency in (2, 8):
+        report.http.append(
+            run_load(
+                pid, port, "/predict/batch", batches, args.batch_size, concurrency, args.duration
+            )
+        )
+    images = np.stack([np.asarray(load_png(b)) for b in blobs])
+    slots = os.cpu_count() or 1
+    for parallel in sorted({1, slots}):  # beside the HTTP runs: the machine's load drifts
+        report.raw.append(
+            raw_forward(model, images, args.batch_size, parallel, min(args.duration, 3.0))
+        )
+
+
+def load_png(blob: bytes) -> Any:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(blob)).convert("L")
+
+
+def measure_limits(
+    report: Report, server: Server, blobs: list[bytes], args: argparse.Namespace
+) -> None:
+    from src.config import load_config
+
+    worst = worst_case_bodies(load_config().serve)
+    for path, body in worst.items():
+        growth, status = peak_rss_growth(server.process.pid, server.port, path, body)
+        report.memory_mib[f"{path} (status {status}, {len(body[0]) / 2**20:.1f} MiB body)"] = growth
+    singles = [multipart("file", [blob]) for blob in blobs]
+    report.under_batches = predict_while_batches_run(
+        server.port, singles, worst["/predict/batch"], args.duration
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_api", description=__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per scenario")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch request")
-    parser.add_argument("--tracking-uri", help="use this registry's Production model")
-    parser.add_argument("--model-name", default="clothing-classifier")
-    parser.add_argument(
-        "--server-env", nargs="*", default=[], help="extra KEY=VALUE for the server (SERVE_*)"
-    )
+    parser.add_argument("--tracking-uri", help="registry (default: the configured one)")
+    parser.add_argument("--model-name", help="registered model (default: the configured one)")
     parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "outputs/benchmarks/bench_api.json"
     )
     args = parser.parse_args(argv)
-    server_env = dict(item.split("=", 1) for item in args.server_env)
-
-    images, images_text = load_images(max(256, args.batch_size * 4))
-    blobs = [png_bytes(image) for image in images]
     workdir = Path(tempfile.mkdtemp(prefix="bench-api-"))
     log_path = workdir / "uvicorn.log"
+    registry, model, model_text = served_model(args, workdir)
+    images, images_text = load_images(max(256, args.batch_size * 4))
+    blobs = [png_bytes(image) for image in images]
     report = Report(
         machine={
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "load_before": os.getloadavg()[0],
         },
-        model="",
+        model=model_text,
         images=images_text,
     )
-
-    if args.tracking_uri:
-        registry = BenchRegistry(args.tracking_uri, args.model_name)
-        report.model = f"{args.model_name} (Production of {args.tracking_uri})"
-    else:
-        print("logging a ResNet-20 (16-32-64) to a temporary registry ...", file=sys.stderr)
-        registry = make_registry(workdir)
-        report.model = "ResNet-20-like (BasicBlock 16-32-64, 3 blocks/stage), random weights"
-
-    # The same model in this process, for the raw forward (loaded the way the server loads it).
-    from src.preprocessing import normalize
-    from src.serving.model_store import ModelStore
-
-    store = ModelStore(registry.tracking_uri, registry.name, poll_interval_s=1, retry_interval_s=1)
-    ref = store.resolve_production()
-    if ref is None:
-        raise SystemExit(f"no Production version of {registry.name} at {registry.tracking_uri}")
-    classifier = store.load(ref).classifier
-    tensors = normalize(images)
-    raw_seconds = min(args.duration, 3.0)
-    thread_counts = sorted({1, os.cpu_count() or 1})
-
-    def measure_raw(batch_sizes: tuple[int, ...], label: str) -> None:
-        for threads in thread_counts:
-            for batch_size in batch_sizes:
-                result = raw_forward(classifier, tensors, batch_size, threads, raw_seconds)
-                result.what += label
-                report.raw.append(result)
-                print(asdict(result), file=sys.stderr)
-
-    # Cold start with Production already in the registry.
-    server = start_server(registry, registry.name, log_path, server_env)
+    print(f"model: {model_text}", file=sys.stderr)
+    report.cold_start_s = cold_starts(registry, log_path, {})
+    server = start_server(registry, registry.name, log_path, {})
     try:
-        health_at = wait_for(server.port, "/health", server.process, 120)
-        ready_at = wait_for(server.port, "/ready", server.process, 120)
-        report.cold_start["spawn → /health 200"] = health_at - server.spawned_at
-        report.cold_start["spawn → /ready 200 (model loaded)"] = ready_at - server.spawned_at
-        print(f"server ready on port {server.port}", file=sys.stderr)
-        pid = server.process.pid
-
-        single_bodies = [multipart("file", [blob]) for blob in blobs]
-        batch_bodies = [
-            multipart("files", blobs[i : i + args.batch_size])
-            for i in range(0, len(blobs) - args.batch_size + 1, args.batch_size)
-        ]
-        # Raw numbers are taken right beside the HTTP ones: the machine's load drifts.
-        report.raw.append(raw_pipeline(classifier, blobs, raw_seconds))
-        measure_raw((1,), "")
-        for concurrency in args.concurrency:
-            result = run_load(
-                pid, server.port, "/predict", single_bodies, 1, concurrency, args.duration
-            )
-            report.http.append(result)
-            print(asdict(result), file=sys.stderr)
-        measure_raw((args.batch_size,), ", before the batch runs")
-        for concurrency in args.concurrency:
-            result = run_load(
-                pid,
-                server.port,
-                "/predict/batch",
-                batch_bodies,
-                args.batch_size,
-                concurrency,
-                args.duration,
-            )
-            report.http.append(result)
-            print(asdict(result), file=sys.stderr)
-        measure_raw((args.batch_size,), ", after the batch runs")
+        wait_for(server.port, "/ready", server.process, 120)
+        measure_http(report, server, blobs, args, model)
+        measure_limits(report, server, blobs, args)
     finally:
         server.stop()
-
-    # Cold start once the registry answers: server up and waiting, then Production appears.
-    if not args.tracking_uri and registry.source is not None:
-        late_name = registry.name + "-late"
-        version = register(registry, late_name)
-        server = start_server(registry, late_name, log_path, server_env)
-        try:
-            wait_for(server.port, "/health", server.process, 120)
-            time.sleep(3)  # let startup finish; the server polls every 0.25 s while empty
-            promoted_at = time.perf_counter()
-            promote(registry, version, late_name)
-            ready_at = wait_for(server.port, "/ready", server.process, 60)
-            report.cold_start["Production promoted → /ready 200 (server waiting)"] = (
-                ready_at - promoted_at
-            )
-        finally:
-            server.stop()
-
-    report.machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    text = markdown(report, args.batch_size)
-    print(text)
+    report.multipart_us_per_file = multipart_parsers(blobs[: args.batch_size])
+    report.machine["load_after"] = os.getloadavg()[0]
+    lines = summary(report, args.batch_size)
+    print("\n".join(lines))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "machine": report.machine,
-                "model": report.model,
-                "images": report.images,
-                "cold_start_s": report.cold_start,
-                "http": [asdict(r) for r in report.http],
-                "raw": [asdict(r) for r in report.raw],
-                "markdown": text,
-                "median_http_p50_ms": statistics.median(r.p50_ms for r in report.http),
-            },
-            indent=2,
-        )
-    )
+    args.output.write_text(json.dumps({**asdict(report), "summary": lines}, indent=2, default=str))
     print(f"\nwritten to {args.output}; server log {log_path}", file=sys.stderr)
     return 0
 

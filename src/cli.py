@@ -24,7 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("src.training.__main__:main", "train on an already prepared split, without Prefect"),
     "evaluate": ("src.evaluate:main", "evaluate a registered version, a run or a checkpoint"),
     "registry": ("src.registry:main", "show or change the registry's Production version"),
-    "serve": ("src.cli:serve", "serve the Production model over HTTP (uvicorn, SERVE_HOST/PORT)"),
+    "serve": (
+        "src.serving.cli:main",
+        "serve the Production model over HTTP (uvicorn, SERVE_HOST/PORT)",
+    ),
     "deploy": ("deployments.deploy:main", "register the Prefect deployments"),
 }
 
@@ -68,22 +71,6 @@ def run(command: str, argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-def serve(argv: list[str] | None = None) -> int:
-    """``uvicorn src.api:app`` on ``serve.host``/``serve.port`` (``SERVE_HOST``/``SERVE_PORT``)."""
-    parser = argparse.ArgumentParser(prog="clothing-classifier serve", description=serve.__doc__)
-    parser.add_argument("--host", help="default: serve.host")
-    parser.add_argument("--port", type=int, help="default: serve.port")
-    args = parser.parse_args(argv)
-
-    import uvicorn
-
-    from src.config import load_config
-
-    settings = load_config().serve
-    uvicorn.run("src.api:app", host=args.host or settings.host, port=args.port or settings.port)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

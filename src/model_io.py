@@ -1,9 +1,11 @@
-"""Log a classifier to MLflow and load it back for evaluation and serving.
+"""Log a classifier to MLflow and load it back for evaluation.
 
-The model is saved in MLflow's ``pt2`` format (``torch.export``): loading it unpickles no
-arbitrary code. The exported graph takes normalised float32 images shaped (N, 1, 28, 28) for any
-N and returns logits; the MLmodel metadata carries the class names and the preprocessing
-constants, so a consumer needs nothing but the model URI.
+The model is saved in MLflow's ``pt2`` format (``torch.export``). The exported graph takes
+normalised float32 images shaped (N, 1, 28, 28) for any N and returns logits; the MLmodel metadata
+carries the class names and the preprocessing constants. A pt2 archive still holds a pickled
+member that ``torch.export.load`` unpickles, so :func:`load_classifier` is for trusted processes
+(evaluation of the project's own runs). The API never loads it: it serves the ONNX export of the
+same run (``src/serving/onnx_model.py``), which is data only.
 """
 
 from __future__ import annotations

@@ -1,15 +1,36 @@
-"""Uploaded bytes → the training preprocessing → one batched forward → JSON-ready answers."""
+"""Uploaded bytes → the training preprocessing → one batched forward → JSON-ready answers.
+
+Everything here runs in a worker thread, never on the event loop. The work per request is bounded
+by construction: each image's size is checked from its header before it is decoded, the decoded
+pixels of a whole batch are counted against ``max_batch_pixels``, and the work stops as soon as the
+client has gone (``cancelled``).
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from src.preprocessing import ImageDecodeError, decode_image, normalize, to_model_image
+from src.preprocessing import (
+    ImageDecodeError,
+    load_pixels,
+    normalize_array,
+    open_image,
+    to_model_image,
+)
 from src.serving.model_store import LoadedModel
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    formats: Sequence[str]
+    max_pixels: int
+    max_side: int
+    max_batch_pixels: int
 
 
 @dataclass(frozen=True)
@@ -30,43 +51,79 @@ class BadImages(Exception):
         self.problems = problems
 
 
-def to_model_array(data: bytes, *, formats: Sequence[str], max_pixels: int) -> np.ndarray:
-    """Encoded image → 28×28 uint8, exactly as at training time. Raises :class:`ImageDecodeError`
+class BatchTooLarge(Exception):
+    """The batch's decoded pixels are over ``max_batch_pixels``."""
+
+
+class ClientGone(Exception):
+    """The client disconnected; the rest of the work was dropped."""
+
+
+def to_model_array(data: bytes | memoryview, limits: ImageLimits, budget: list[int]) -> np.ndarray:
+    """Encoded image → 28×28 uint8, exactly as at training time; ``budget[0]`` (decoded pixels
+    left for this request) is checked and spent before decoding. Raises :class:`ImageDecodeError`
     for anything that is not an acceptable image (including decoder failures PIL does not
     classify), so no input problem can surface as a server error."""
     try:
-        return to_model_image(decode_image(data, formats=formats, max_pixels=max_pixels))
-    except ImageDecodeError:
+        image = open_image(
+            data, formats=limits.formats, max_pixels=limits.max_pixels, max_side=limits.max_side
+        )
+        pixels = image.size[0] * image.size[1]
+        if pixels > budget[0]:
+            raise BatchTooLarge(
+                f"The images of this request decode to over {limits.max_batch_pixels} pixels in "
+                "all; send fewer or smaller images per request."
+            )
+        budget[0] -= pixels
+        return to_model_image(load_pixels(image))
+    except (ImageDecodeError, BatchTooLarge):
         raise
     except MemoryError as exc:
         raise ImageDecodeError("The image is too large to decode; send a smaller one.") from exc
     except Exception as exc:  # odd files can trip decoders in ways PIL does not wrap
         raise ImageDecodeError(
-            f"The file could not be decoded as an image ({type(exc).__name__}); "
+            f"The image is damaged or cannot be decoded ({type(exc).__name__}); "
             "send a PNG, JPEG, BMP, GIF or WebP image."
         ) from exc
 
 
-def classify(
-    model: LoadedModel,
-    blobs: Sequence[bytes],
+def decode_all(
+    blobs: Sequence[bytes | memoryview],
     filenames: Sequence[str | None],
-    *,
-    formats: Sequence[str],
-    max_pixels: int,
-    top_k: int,
-) -> list[dict[str, Any]]:
-    """Decode every file, then run ONE forward over all of them with ``model``."""
+    limits: ImageLimits,
+    cancelled: threading.Event | None = None,
+) -> np.ndarray:
+    """Decode every file into a (N, 28, 28) uint8 stack, or raise :class:`BadImages` naming each
+    bad file."""
     arrays: list[np.ndarray] = []
     problems: list[ImageProblem] = []
+    budget = [limits.max_batch_pixels]
     for index, data in enumerate(blobs):
+        if cancelled is not None and cancelled.is_set():
+            raise ClientGone
         try:
-            arrays.append(to_model_array(data, formats=formats, max_pixels=max_pixels))
+            arrays.append(to_model_array(data, limits, budget))
         except ImageDecodeError as exc:
             problems.append(ImageProblem(index, filenames[index], str(exc)))
     if problems:
         raise BadImages(problems)
-    probabilities = model.predict_proba(normalize(np.stack(arrays)))
+    return np.stack(arrays)
+
+
+def classify(
+    model: LoadedModel,
+    blobs: Sequence[bytes | memoryview],
+    filenames: Sequence[str | None],
+    limits: ImageLimits,
+    *,
+    top_k: int,
+    cancelled: threading.Event | None = None,
+) -> list[dict[str, Any]]:
+    """Decode every file, then run ONE forward over all of them with ``model``."""
+    images = decode_all(blobs, filenames, limits, cancelled)
+    if cancelled is not None and cancelled.is_set():
+        raise ClientGone
+    probabilities = model.predict_proba(normalize_array(images))
     return answers(probabilities, model.class_names, model.version, top_k)
 
 

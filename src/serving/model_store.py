@@ -3,56 +3,42 @@
 Requests read :attr:`ModelStore.current` once and use that :class:`LoadedModel` for the whole
 request. A new Production version is loaded and warmed up *beside* the old one; only then is the
 single ``current`` reference replaced (an atomic assignment), so no request ever sees half a swap
-or mixes two versions.
+or mixes two versions. A version that fails to load is retried with exponential back-off, not at
+every poll, and the old one keeps serving meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import anyio
-import mlflow
 import numpy as np
-import torch
-from mlflow.tracking import MlflowClient
+import yaml
 
-from src.labels import IMAGE_SIZE
-from src.model_io import Classifier, load_classifier_from_path
-from src.registry import current_production, get_client, model_version_uri
+from src.labels import CLASS_NAMES
+from src.serving.onnx_model import ONNX_ARTIFACT, OnnxClassifier, load_onnx_classifier
+from src.serving.redact import redact_text, redact_uri
+from src.serving.registry_reader import RegistryReader, VersionRef, reader_for
 
 logger = logging.getLogger("clothing_classifier.serving")
 
 # Version tags (set by the registry module) that carry metrics.
 METRIC_TAGS = ("test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1")
-
-
-@dataclass(frozen=True)
-class ProductionRef:
-    """What the registry says Production is."""
-
-    name: str
-    version: str
-    run_id: str | None
-    source: str
-    tags: dict[str, str]
+MAX_MLMODEL_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """One loaded model version and everything /model reports about it."""
 
-    classifier: Classifier
+    classifier: OnnxClassifier
     name: str
     version: str
     run_id: str | None
@@ -62,13 +48,24 @@ class LoadedModel:
     tags: dict[str, str]
     loaded_at: datetime
     load_seconds: float
+    flip_tta: bool | None = None
 
     @property
     def class_names(self) -> list[str]:
         return self.classifier.class_names
 
-    def predict_proba(self, images: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return self.classifier.predict_proba(images)
+
+
+@dataclass
+class LoadFailure:
+    """A Production version that failed to load, and when to try it again."""
+
+    version: str
+    message: str
+    attempts: int
+    retry_at: float  # time.monotonic()
 
 
 @dataclass
@@ -79,30 +76,19 @@ class StoreStatus:
     attempts: int = 0
     last_error: str | None = None
     last_check: datetime | None = None
-
-
-def _local_dir(location: str) -> Path | None:
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return Path(url2pathname(parsed.path))
-    if parsed.scheme == "":
-        return Path(location)
-    return None
-
-
-def prewarm() -> None:
-    """Import what the first model load needs (``torch.export.load`` pulls in torch._dynamo,
-    ~2-3 s) so it is done while waiting for the registry rather than after it answers."""
-    try:
-        import torch._export.serde.serialize
-        import torch.export.pt2_archive._package  # noqa: F401
-    except Exception:  # only an optimisation
-        logger.debug("prewarm failed", exc_info=True)
+    production_version: str | None = None
+    failure: LoadFailure | None = None
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = redact_text(" ".join(str(exc).split()) or type(exc).__name__)
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _truthy(value: Any) -> bool | None:
+    if value is None:
+        return None
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 class ModelStore:
@@ -115,19 +101,27 @@ class ModelStore:
         *,
         poll_interval_s: float,
         retry_interval_s: float,
+        threads: int = 1,
+        max_model_bytes: int = 256 * 1024 * 1024,
+        load_backoff_s: float = 30.0,
+        load_backoff_max_s: float = 3600.0,
         on_swap: Callable[[LoadedModel | None, LoadedModel], None] | None = None,
         on_check_error: Callable[[str], None] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.safe_uri = redact_uri(tracking_uri)
         self.model_name = model_name
         self.poll_interval_s = poll_interval_s
         self.retry_interval_s = retry_interval_s
+        self.threads = threads
+        self.max_model_bytes = max_model_bytes
+        self.load_backoff_s = load_backoff_s
+        self.load_backoff_max_s = load_backoff_max_s
         self._on_swap = on_swap
         self._on_check_error = on_check_error
         self._current: LoadedModel | None = None
-        self._client: MlflowClient | None = None
         self._check_lock = threading.Lock()
-        self._failed_versions: dict[str, str] = {}
+        self._failures: dict[str, LoadFailure] = {}
         self.status = StoreStatus()
 
     # --- what requests use -------------------------------------------------------------------
@@ -140,40 +134,33 @@ class ModelStore:
     def ready(self) -> bool:
         return self._current is not None
 
-    # --- registry ----------------------------------------------------------------------------
-    def _registry(self) -> MlflowClient:
-        if self._client is None:
-            self._client = get_client(self.tracking_uri)
-        return self._client
+    def _reader(self) -> RegistryReader:
+        return reader_for(self.tracking_uri)  # stateless: nothing survives a replaced registry
 
-    def resolve_production(self) -> ProductionRef | None:
-        """Alias ``production``, else the newest version in stage Production, else ``None``."""
-        mv = current_production(self._registry(), self.model_name)
-        if mv is None:
-            return None
-        return ProductionRef(
-            name=self.model_name,
-            version=str(mv.version),
-            run_id=mv.run_id or None,
-            source=str(mv.source or ""),
-            tags=dict(mv.tags or {}),
-        )
-
-    def _run_details(self, ref: ProductionRef) -> tuple[dict[str, float], str | None]:
-        metrics: dict[str, float] = {}
-        data_md5 = ref.tags.get("data_md5") or None
-        if ref.run_id:
-            try:
-                run = self._registry().get_run(ref.run_id)
-                metrics.update({k: float(v) for k, v in run.data.metrics.items()})
-                data_md5 = (
-                    data_md5 or run.data.params.get("data_md5") or run.data.tags.get("data_md5")
-                )
-            except Exception as exc:  # the run may have been deleted; the model still serves
-                logger.warning(
-                    "run details unavailable",
-                    extra={"fields": {"run_id": ref.run_id, "error": _one_line(exc)}},
-                )
+    # --- loading -----------------------------------------------------------------------------
+    def load(self, ref: VersionRef, reader: RegistryReader | None = None) -> LoadedModel:
+        """Fetch, load and warm up ``ref``'s ONNX model (does not make it current)."""
+        reader = reader or self._reader()
+        started = time.perf_counter()
+        if not ref.run_id:
+            raise ValueError("the version has no run, so no ONNX model (onnx/model.onnx) to serve")
+        run = reader.run(ref.run_id)
+        if run is None:
+            raise ValueError(f"its run {ref.run_id} is not in the tracking store")
+        try:
+            model_bytes = reader.read_artifact(
+                run.artifact_uri, ONNX_ARTIFACT, self.max_model_bytes
+            )
+        except Exception as exc:
+            raise ValueError(
+                f"its run {ref.run_id} has no readable ONNX model {ONNX_ARTIFACT} ({exc}); "
+                "register a model logged by `make train`"
+            ) from exc
+        metadata = self._mlmodel_metadata(reader, ref)
+        class_names = metadata.get("class_names") or list(CLASS_NAMES)
+        classifier = load_onnx_classifier(model_bytes, class_names, threads=self.threads)
+        classifier.metadata = metadata
+        metrics = dict(run.metrics)
         for key in METRIC_TAGS:
             if key in ref.tags and key not in metrics:
                 try:
@@ -182,47 +169,38 @@ class ModelStore:
                     continue
                 if math.isfinite(value):
                     metrics[key] = value
-        return metrics, data_md5
-
-    def load(self, ref: ProductionRef) -> LoadedModel:
-        """Download, load and warm up ``ref`` (does not make it current)."""
-        started = time.perf_counter()
-        uri = model_version_uri(ref.name, ref.version)
-        # Resolve the artifact location with OUR client: a ``models:/`` URI handed to MLflow's
-        # download helpers would be resolved against the process-global registry instead.
-        location = self._registry().get_model_version_download_uri(ref.name, ref.version)
-        local_dir = _local_dir(location)
-        if local_dir is not None and (local_dir / "MLmodel").is_file():
-            classifier = load_classifier_from_path(local_dir, model_uri=uri)  # no copy needed
-        else:
-            with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
-                local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=location, dst_path=tmp, tracking_uri=self.tracking_uri
-                )
-                classifier = load_classifier_from_path(Path(local), model_uri=uri)
-        # Warm up (first calls of an exported graph are slower) and check the output shape.
-        for batch in (1, 2):
-            probabilities = classifier.predict_proba(
-                torch.zeros(batch, 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float32)
-            )
-            if probabilities.shape != (batch, len(classifier.class_names)):
-                raise ValueError(
-                    f"model {uri} answers shape {probabilities.shape} for {batch} images; "
-                    f"expected ({batch}, {len(classifier.class_names)})"
-                )
-        metrics, data_md5 = self._run_details(ref)
+        data_md5 = (
+            ref.tags.get("data_md5") or run.params.get("data_md5") or run.tags.get("data_md5")
+        )
+        flip_tta = metadata.get("flip_tta", run.params.get("flip_tta"))
         return LoadedModel(
             classifier=classifier,
             name=ref.name,
             version=ref.version,
             run_id=ref.run_id,
-            model_uri=uri,
+            model_uri=f"models:/{ref.name}/{ref.version}",
             metrics=metrics,
-            data_md5=data_md5,
+            data_md5=data_md5 or None,
             tags=ref.tags,
             loaded_at=datetime.now(UTC),
             load_seconds=time.perf_counter() - started,
+            flip_tta=_truthy(flip_tta),
         )
+
+    def _mlmodel_metadata(self, reader: RegistryReader, ref: VersionRef) -> dict[str, Any]:
+        """The version's MLmodel ``metadata`` (class names, TTA), read as plain YAML data."""
+        try:
+            text = reader.read_artifact(ref.storage_location, "MLmodel", MAX_MLMODEL_BYTES)
+            document = yaml.safe_load(text)
+        except Exception:  # optional: the ONNX model alone is enough to serve
+            return {}
+        metadata = document.get("metadata") if isinstance(document, dict) else None
+        if not isinstance(metadata, dict):
+            return {}
+        names = metadata.get("class_names")
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            metadata.pop("class_names", None)
+        return metadata
 
     def swap(self, new: LoadedModel) -> None:
         old = self._current
@@ -230,6 +208,7 @@ class ModelStore:
         if self._on_swap is not None:
             self._on_swap(old, new)
 
+    # --- one registry check ------------------------------------------------------------------
     def check_once(self) -> bool:
         """Ask the registry for Production; load and swap when it moved. Returns whether it
         swapped. Never raises: problems go into :attr:`status` and the log."""
@@ -237,46 +216,34 @@ class ModelStore:
             self.status.attempts += 1
             self.status.last_check = datetime.now(UTC)
             try:
-                ref = self.resolve_production()
+                reader = self._reader()
+                ref = reader.production(self.model_name)
             except Exception as exc:
                 self._check_failed(
-                    f"the model registry at {self.tracking_uri} is unreachable or failing "
+                    f"the model registry at {self.safe_uri} is unreachable or failing "
                     f"({_one_line(exc)}); retrying"
                 )
                 return False
+            self.status.production_version = ref.version if ref is not None else None
             current = self._current
             if ref is None:
-                if current is None:
-                    self.status.reason = (
-                        f"no Production version of model {self.model_name!r} in the registry at "
-                        f"{self.tracking_uri} yet; run `make train` (retrying)"
-                    )
-                else:
-                    logger.warning(
-                        "registry has no Production version; keeping the loaded one",
-                        extra={"fields": {"model_version": current.version}},
-                    )
+                self._no_production(current)
                 return False
             if current is not None and ref.version == current.version:
+                self._settled()
                 return False
-            failed_before = self._failed_versions.get(ref.version)
+            failure = self._failures.get(ref.version)
+            if failure is not None and time.monotonic() < failure.retry_at:
+                self._show_failure(failure)
+                return False  # backing off: no reload at every poll
             try:
-                new = self.load(ref)
+                new = self.load(ref, reader)
             except Exception as exc:
-                message = (
-                    f"loading version {ref.version} of {self.model_name!r} failed "
-                    f"({_one_line(exc)}); "
-                    + (f"still serving version {current.version}" if current else "retrying")
-                )
-                self._failed_versions[ref.version] = message
-                if failed_before is None:
-                    logger.error("model load failed", extra={"fields": {"error": message}})
-                self._check_failed(message)
+                self._load_failed(ref.version, exc, failure)
                 return False
-            self._failed_versions.pop(ref.version, None)
+            self._failures.pop(ref.version, None)
             self.swap(new)
-            self.status.reason = ""
-            self.status.last_error = None
+            self._settled()
             logger.info(
                 "model loaded",
                 extra={
@@ -290,6 +257,53 @@ class ModelStore:
             )
             return True
 
+    def _no_production(self, current: LoadedModel | None) -> None:
+        if current is None:
+            self.status.reason = (
+                f"no Production version of model {self.model_name!r} in the registry at "
+                f"{self.safe_uri} yet; run `make train` (retrying)"
+            )
+        else:
+            logger.warning(
+                "registry has no Production version; keeping the loaded one",
+                extra={"fields": {"model_version": current.version}},
+            )
+
+    def _settled(self) -> None:
+        self.status.reason = ""
+        self.status.last_error = None
+        self.status.failure = None
+
+    def _load_failed(self, version: str, exc: Exception, previous: LoadFailure | None) -> None:
+        attempts = previous.attempts + 1 if previous is not None else 1
+        delay = min(self.load_backoff_max_s, self.load_backoff_s * 2 ** (attempts - 1))
+        failure = LoadFailure(
+            version=version,
+            message=f"loading version {version} of {self.model_name!r} failed: {_one_line(exc)}",
+            attempts=attempts,
+            retry_at=time.monotonic() + delay,
+        )
+        self._failures[version] = failure
+        logger.error(
+            "model load failed",
+            extra={"fields": {"error": failure.message, "retry_in_s": round(delay, 1)}},
+        )
+        self._show_failure(failure)
+        if self._on_check_error is not None:
+            self._on_check_error(failure.message)
+
+    def _show_failure(self, failure: LoadFailure) -> None:
+        self.status.failure = failure
+        current = self._current
+        if current is None:
+            self.status.reason = f"{failure.message}; retrying"
+        else:
+            self.status.reason = (
+                f"serving v{current.version}; Production v{failure.version} failed to load: "
+                f"{failure.message}"
+            )
+        self.status.last_error = self.status.reason
+
     def _check_failed(self, message: str) -> None:
         self.status.last_error = message
         if self._current is None:
@@ -301,7 +315,6 @@ class ModelStore:
     async def run(self) -> None:
         """Check now, then every ``retry_interval_s`` until loaded and every ``poll_interval_s``
         after. Runs until cancelled; never raises."""
-        await anyio.to_thread.run_sync(prewarm, abandon_on_cancel=True)
         while True:
             try:
                 # Abandon on cancel: a hung registry call must not block shutdown.
@@ -311,13 +324,3 @@ class ModelStore:
             except Exception as exc:  # check_once does not raise; belt and braces
                 logger.exception("registry check crashed", extra={"fields": {"error": str(exc)}})
             await anyio.sleep(self.poll_interval_s if self.ready else self.retry_interval_s)
-
-    def describe(self) -> dict[str, Any]:
-        model = self._current
-        return {
-            "ready": model is not None,
-            "reason": self.status.reason or None,
-            "model_version": model.version if model else None,
-            "last_error": self.status.last_error,
-            "checks": self.status.attempts,
-        }

@@ -1,12 +1,13 @@
 """A lean ``multipart/form-data`` reader for image uploads.
 
-Starlette's form parser (python-multipart's byte-by-byte tokenizer plus a
-``SpooledTemporaryFile`` and ``UploadFile`` per file) costs ~75 µs per file: for a batch of small
-images that is more than decoding them. The body is already capped in size by
-:class:`~src.serving.limits.BodySizeLimitMiddleware` before any of it is read, so this reader
-takes it into memory and splits it at the boundary with ``bytes.find``; part headers are parsed
-with python-multipart's ``parse_options_header``. It enforces the number of files and fields,
-the size of each part, and the number and length of part headers.
+The body is already capped in size (and counted against the global in-flight budget) by
+:class:`~src.serving.limits.RequestLimitsMiddleware` before any of it is read. :func:`read_body`
+collects it into ONE buffer; :func:`parse_parts` (run off the event loop) splits it at the boundary
+with ``bytes.find`` and hands out each part's content as a ``memoryview`` of that buffer (no copy).
+Part headers are looked for only within ``MAX_HEADER_BLOCK`` bytes of the part's start, so a
+giant header block costs no more than a small one. It enforces the number of files and fields,
+the size of each part, and the number and length of part headers. ``benchmarks/bench_api.py``
+compares it with python-multipart's parser.
 """
 
 from __future__ import annotations
@@ -44,12 +45,11 @@ class Part:
     name: str
     filename: str | None  # None: a plain form field, not a file upload
     content_type: str | None = None
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
+    data: memoryview = field(default_factory=lambda: memoryview(b""))
 
     @property
-    def data(self) -> bytes:
-        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+    def size(self) -> int:
+        return len(self.data)
 
 
 def boundary_of(content_type: str) -> bytes:
@@ -76,33 +76,19 @@ def _decode(value: bytes) -> str:
 
 MAX_PART_HEADERS = 8
 MAX_HEADER_LINE = 4096
+MAX_HEADER_BLOCK = MAX_PART_HEADERS * (MAX_HEADER_LINE + 2)
 
 
-async def read_parts(
-    stream: AsyncIterator[bytes],
-    content_type: str,
-    *,
-    max_files: int,
-    max_fields: int,
-    max_file_bytes: int,
-    max_field_bytes: int,
-) -> list[Part]:
-    """Read a multipart body (already capped in size by the limit middleware) into its parts,
-    in order."""
-    boundary = boundary_of(content_type)
-    chunks = [chunk async for chunk in stream if chunk]
-    return parse_parts(
-        b"".join(chunks),
-        boundary,
-        max_files=max_files,
-        max_fields=max_fields,
-        max_file_bytes=max_file_bytes,
-        max_field_bytes=max_field_bytes,
-    )
+async def read_body(stream: AsyncIterator[bytes]) -> bytearray:
+    """The whole body (already capped in size by the limit middleware) in one buffer."""
+    body = bytearray()
+    async for chunk in stream:
+        body += chunk
+    return body
 
 
 def parse_parts(
-    body: bytes,
+    body: bytes | bytearray,
     boundary: bytes,
     *,
     max_files: int,
@@ -112,6 +98,7 @@ def parse_parts(
 ) -> list[Part]:
     """RFC 7578 / RFC 2046 multipart body → parts. Delimiters are found with ``bytes.find``
     (C speed); each part's headers go through python-multipart's ``parse_options_header``."""
+    view = memoryview(body)
     delimiter = b"--" + boundary
     separator = b"\r\n" + delimiter
     if body.startswith(delimiter):
@@ -142,10 +129,14 @@ def parse_parts(
         if body.startswith(b"\r\n", start):
             header_block, content_start = b"", start + 2
         else:
-            header_end = body.find(b"\r\n\r\n", start, end)
+            scan_end = min(end, start + MAX_HEADER_BLOCK)  # bounded: never scan a huge block
+            header_end = body.find(b"\r\n\r\n", start, scan_end)
             if header_end < 0:
-                raise MultipartError("A multipart part has no blank line after its headers.")
-            header_block, content_start = body[start:header_end], header_end + 4
+                raise MultipartError(
+                    "A multipart part has no blank line after its headers"
+                    + (" within the first 32 KiB." if scan_end < end else ".")
+                )
+            header_block, content_start = bytes(body[start:header_end]), header_end + 4
         part = _part_from_headers(header_block)
         if part.filename is not None:
             files += 1
@@ -159,10 +150,9 @@ def parse_parts(
                 raise TooManyFields(f"Too many form fields: at most {max_fields}.")
             limit = max_field_bytes
             what = f"Form field {part.name!r}"
-        part.size = end - content_start
-        if part.size > limit:
+        if end - content_start > limit:
             raise PartTooLarge(f"{what} is over the {limit} byte limit; send a smaller image.")
-        part.chunks.append(body[content_start:end])
+        part.data = view[content_start:end]
         parts.append(part)
         position = end + len(separator)
 

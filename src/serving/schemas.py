@@ -30,8 +30,16 @@ class ModelDescription(BaseModel):
     split_hash: str | None
     validation_status: str | None
     class_names: list[str]
+    flip_tta: bool | None = Field(description="Mirror test-time averaging inside the model.")
+    runtime: str = Field(description="What runs the model, e.g. 'onnxruntime 1.32.0'.")
+    threads: int = Field(description="Threads per forward.")
     loaded_at: str = Field(description="ISO 8601, UTC.")
     load_seconds: float
+    production_version: str | None = Field(
+        description="The registry's Production version (differs from `version` when it failed "
+        "to load)."
+    )
+    load_error: str | None = Field(description="Why the Production version failed to load.")
 
 
 class ErrorBody(BaseModel):
@@ -47,7 +55,11 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str
     model_version: str | None = None
-    reason: str | None = None
+    reason: str | None = Field(
+        default=None,
+        description="Why not ready, or 'serving vX; Production vY failed to load: ...'.",
+    )
+    production_version: str | None = None
 
 
 def multipart_body(field: str, *, many: bool, max_files: int) -> dict[str, Any]:
@@ -80,7 +92,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong X-API-Key (when the server has one configured).",
         413: "Body, file or file count over the limit.",
         415: "Not multipart/form-data.",
+        408: "The request body stalled.",
         422: "Missing field, or a file that is not an acceptable image.",
-        503: "No model loaded yet.",
+        431: "Request headers too large.",
+        503: "No model loaded yet, or too many upload bytes in flight (see Retry-After).",
     }.items()
 }

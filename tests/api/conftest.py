@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from PIL import Image
 from src.config import AppConfig, load_config
 from src.labels import CLASS_NAMES
 from src.model_io import log_classifier
+from src.registry import promote, record_gate_decision, register_candidate
+from src.training.train import export_onnx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _names = itertools.count()
@@ -89,6 +90,10 @@ def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
             mlflow.log_params({"data_md5": f"md5-{key}"})
             mlflow.log_metrics({"test_accuracy": 0.91, "test_macro_f1": 0.9})
             info = log_classifier(module)
+            # The served form, logged as the trainer logs it.
+            (root / key).mkdir()
+            onnx_path = export_onnx(module, root / key / "model.onnx")
+            mlflow.log_artifact(str(onnx_path), artifact_path="onnx")
         # The artifact location, not ``models:/m-...``: resolving a logged-model id would go
         # through MLflow's process-global tracking URI.
         location = mlflow.get_logged_model(info.model_id).artifact_location
@@ -108,27 +113,25 @@ class Registry:
     versions: dict[str, str] = field(default_factory=dict)
 
     def add_version(self, which: str = "tshirt", **tags: str) -> str:
+        """Register a version of a logged model the way the train-flow does, gate passed."""
         source: LoggedModel = getattr(self.sources, which)
-        try:
-            self.client.get_registered_model(self.name)
-        except mlflow.exceptions.MlflowException:
-            self.client.create_registered_model(self.name)
-        mv = self.client.create_model_version(
+        return self.add_source(source.uri, source.run_id, which, **tags)
+
+    def add_source(self, uri: str, run_id: str | None, label: str = "", **tags: str) -> str:
+        mv = register_candidate(
+            self.client,
             self.name,
-            source=source.uri,
-            run_id=source.run_id,
-            tags={"data_md5": f"md5-{which}", "validation_status": "passed", **tags},
+            model_uri=uri,
+            run_id=run_id,
+            tags={"data_md5": f"md5-{label}", **tags},
         )
-        self.versions[str(mv.version)] = which
-        return str(mv.version)
+        version = str(mv.version)
+        record_gate_decision(self.client, self.name, version, passed=True, reasons=["test"])
+        self.versions[version] = label
+        return version
 
     def promote(self, version: str) -> None:
-        self.client.set_registered_model_alias(self.name, "production", version)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.client.transition_model_version_stage(
-                self.name, version, "Production", archive_existing_versions=True
-            )
+        promote(self.client, self.name, version)
 
     def add_production(self, which: str = "tshirt") -> str:
         version = self.add_version(which)

@@ -19,7 +19,7 @@ from PIL import Image
 from src.api import create_app
 from src.config import ConfigError, load_config
 from src.preprocessing import normalize, preprocess_image
-from src.serving.limits import BodySizeLimitMiddleware
+from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
 from tests.api.conftest import Registry, encode, make_config, sample_images, wait_until
 
 GOOD_PNG = encode(sample_images(1)[0])
@@ -327,7 +327,13 @@ async def _collect_413(
         await send_({"type": "http.response.body", "body": b"ok"})
 
     headers = [] if content_length is None else [(b"content-length", str(content_length).encode())]
-    middleware = BodySizeLimitMiddleware(app, limit_for=lambda _path: limit)
+    limits = TransportLimits(
+        limit_for=lambda _path: limit,
+        budget=InflightBudget(10**9),
+        max_header_bytes=16_384,
+        body_timeout_s=30.0,
+    )
+    middleware = RequestLimitsMiddleware(app, limits=limits)
     await middleware({"type": "http", "path": "/predict", "headers": headers}, receive, send)
     return int(sent[0]["status"]), calls
 
@@ -414,10 +420,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(registry: Regis
     registry.add_production("tshirt")
     client = _client(registry)
     try:
-        broken = registry.client.create_model_version(
-            registry.name, source="file:///nonexistent/model/dir", run_id=None
-        )
-        registry.promote(str(broken.version))
+        registry.promote(registry.add_source("file:///nonexistent/model/dir", None, "broken"))
         wait_until(lambda: "registry_check_errors_total 1.0" in client.get("/metrics").text)
         assert client.get("/ready").json()["model_version"] == "1"
         assert _predict(client, GOOD_PNG).json()["model_version"] == "1"

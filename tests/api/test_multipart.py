@@ -39,7 +39,7 @@ def test_parses_what_httpx_sends_in_order() -> None:
     assert [p.filename for p in files] == ["0.png", "1.png", "2.png"]
     assert {p.content_type for p in files} == {"image/png"}
     (field,) = [p for p in parts if p.filename is None]
-    assert (field.name, field.data.decode()) == ("note", "héllo")
+    assert (field.name, bytes(field.data).decode()) == ("note", "héllo")
 
 
 def test_preamble_epilogue_and_padding_are_tolerated() -> None:

@@ -167,10 +167,13 @@ def test_load_with_a_promotion_in_the_middle(
 
 
 def test_the_server_imports_no_training_or_orchestration_code() -> None:
+    """Neither torch nor MLflow (their import is most of a cold start, and MLflow's model loaders
+    unpickle), nor any training or orchestration code."""
     code = (
         "import sys, src.api; "
-        "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'prefect', 'src.model', "
-        "'src.training', 'src.evaluate', 'great_expectations', 'dvc') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'mlflow', 'lightning', 'pytorch_lightning', 'prefect', "
+        "'src.model', 'src.model_io', 'src.registry', 'src.training', 'src.evaluate', "
+        "'great_expectations', 'dvc') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -182,3 +185,24 @@ def test_the_server_imports_no_training_or_orchestration_code() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_make_serve_honours_serve_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from src.serving import cli
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
+    monkeypatch.setenv("SERVE_HOST", "0.0.0.0")
+    monkeypatch.setenv("SERVE_PORT", "8123")
+    monkeypatch.setenv("SERVE_KEEP_ALIVE_TIMEOUT_S", "7")
+    assert cli.main([]) == 0
+    assert calls[0]["app"] == "src.api:app"
+    assert (calls[0]["host"], calls[0]["port"], calls[0]["timeout_keep_alive"]) == (
+        "0.0.0.0",
+        8123,
+        7,
+    )
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "clothing-classifier serve" in makefile.split("\nserve:")[1].split("\n\n")[0]

@@ -1,0 +1,146 @@
+"""The app factory: :func:`create_app` wires config, model store, routes, errors and middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from src.config import AppConfig, ServeConfig, load_config
+from src.preprocessing import ALLOWED_FORMATS
+from src.serving.deps import ServingContext
+from src.serving.errors import install_error_handlers
+from src.serving.inference import ImageLimits
+from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
+from src.serving.model_store import LoadedModel, ModelStore
+from src.serving.observability import (
+    LOGGER_NAME,
+    ObservabilityMiddleware,
+    ServingMetrics,
+    configure_logging,
+)
+from src.serving.routes import STATIC_DIR, prediction_router, router
+
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around one image
+SMALL_BODY_LIMIT = 64 * 1024  # every other endpoint takes no body
+
+
+def body_limits(serve: ServeConfig) -> TransportLimits:
+    def limit_for(path: str) -> int:
+        if path == "/predict/batch":
+            return serve.max_batch_bytes
+        if path == "/predict":
+            return serve.max_image_bytes + MULTIPART_OVERHEAD
+        return SMALL_BODY_LIMIT
+
+    return TransportLimits(
+        limit_for=limit_for,
+        budget=InflightBudget(serve.max_inflight_bytes),
+        max_header_bytes=serve.max_header_bytes,
+        body_timeout_s=serve.body_timeout_s,
+    )
+
+
+def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
+    serve = cfg.serve
+
+    def on_swap(old: LoadedModel | None, new: LoadedModel) -> None:
+        metrics.model_swapped(
+            old.name if old else None, old.version if old else None, new.name, new.version
+        )
+
+    store = ModelStore(
+        cfg.tracking_uri,
+        cfg.mlflow.registered_model_name,
+        poll_interval_s=serve.poll_interval_s,
+        retry_interval_s=serve.retry_interval_s,
+        threads=serve.inference_threads,
+        max_model_bytes=serve.max_model_bytes,
+        load_backoff_s=serve.load_backoff_s,
+        load_backoff_max_s=serve.load_backoff_max_s,
+        on_swap=on_swap,
+        on_check_error=lambda _message: metrics.registry_errors.inc(),
+    )
+    slots = serve.inference_concurrency or os.cpu_count() or 1
+    return ServingContext(
+        cfg=cfg,
+        store=store,
+        metrics=metrics,
+        logger=logging.getLogger(LOGGER_NAME),
+        image_limits=ImageLimits(
+            formats=ALLOWED_FORMATS,
+            max_pixels=serve.max_image_pixels,
+            max_side=serve.max_image_side,
+            max_batch_pixels=serve.max_batch_pixels,
+        ),
+        single_slots=anyio.CapacityLimiter(slots),
+        batch_slots=anyio.CapacityLimiter(slots),
+        api_key=serve.api_key.encode("utf-8") if serve.api_key is not None else None,
+    )
+
+
+def lifespan_for(ctx: ServingContext):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        serve = ctx.cfg.serve
+        configure_logging(serve.json_logs, serve.log_level)
+        ctx.logger.info(
+            "starting",
+            extra={
+                "fields": {
+                    "model": ctx.cfg.mlflow.registered_model_name,
+                    "tracking_uri": ctx.store.safe_uri,
+                    "poll_interval_s": serve.poll_interval_s,
+                    "api_key": serve.api_key is not None,
+                    "inference_threads": serve.inference_threads,
+                    "slots": ctx.single_slots.total_tokens,
+                }
+            },
+        )
+        # Load in the background: /health answers at once, /ready once the model is in.
+        poller = asyncio.create_task(ctx.store.run(), name="registry-poller")
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            ctx.logger.info("stopped")
+
+    return lifespan
+
+
+def create_app(cfg: AppConfig | None = None) -> FastAPI:
+    """Build the app for ``cfg`` (default: :func:`src.config.load_config`)."""
+    cfg = cfg or load_config()
+    metrics = ServingMetrics()
+    ctx = build_context(cfg, metrics)
+    app = FastAPI(
+        title="clothing-classifier",
+        summary="Classifies photos of garments into the ten Fashion-MNIST classes.",
+        version="1.0.0",
+        lifespan=lifespan_for(ctx),
+    )
+    app.state.serving = ctx
+    app.state.config = cfg
+    app.state.store = ctx.store
+    app.state.metrics = metrics
+    install_error_handlers(app, ctx.logger)
+    app.include_router(prediction_router(cfg.serve))
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Added first = inner: the limits run inside the metrics/logging middleware, so rejected
+    # requests are counted and logged too.
+    app.add_middleware(RequestLimitsMiddleware, limits=body_limits(cfg.serve))
+    known_paths = frozenset(str(getattr(route, "path", "")) for route in app.routes)
+    app.add_middleware(
+        ObservabilityMiddleware, metrics=metrics, logger=ctx.logger, known_paths=known_paths
+    )
+    return app

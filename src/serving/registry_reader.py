@@ -1,0 +1,331 @@
+"""A light, read-only reader of the MLflow model registry for the API process.
+
+Importing MLflow costs seconds of cold start and would bring its model loaders (pickle) into the
+server; the API needs four facts: which version is Production, its run, that run's metrics and
+where its artifacts live. They are read
+
+* from an embedded ``sqlite:///`` registry with :mod:`sqlite3`, opened afresh (read-only) at every
+  poll, so a registry file replaced by a restore is seen at the next poll;
+* from an ``http(s)://`` tracking server through MLflow's REST API, artifacts included (through the
+  server's artifact proxy for ``mlflow-artifacts:/`` locations).
+
+Production is the alias ``production``, else the newest version in stage ``Production`` (the same
+rule as :func:`src.registry.current_production`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.request import url2pathname
+
+from src.serving.redact import redact_uri
+
+PRODUCTION_ALIAS = "production"
+PRODUCTION_STAGE = "Production"
+HTTP_TIMEOUT_S = 30.0
+
+
+class RegistryReadError(RuntimeError):
+    """The registry or artifact store could not be read; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """What the registry says about the Production version."""
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    storage_location: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    artifact_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class RegistryReader(Protocol):
+    def production(self, name: str) -> VersionRef | None: ...
+
+    def run(self, run_id: str) -> RunInfo | None: ...
+
+    def read_artifact(self, location: str, path: str, max_bytes: int) -> bytes: ...
+
+
+def reader_for(tracking_uri: str) -> RegistryReader:
+    """The reader for ``tracking_uri`` (``sqlite:///...`` or ``http(s)://...``)."""
+    scheme = urllib.parse.urlparse(tracking_uri).scheme
+    if scheme == "sqlite":
+        return SqliteRegistry(tracking_uri)
+    if scheme in ("http", "https"):
+        return HttpRegistry(tracking_uri)
+    raise RegistryReadError(
+        f"The API reads the registry from sqlite:/// or http(s):// tracking URIs; got "
+        f"{redact_uri(tracking_uri)!r}. Point MLFLOW_TRACKING_URI at one of those."
+    )
+
+
+def read_local_file(path: Path, max_bytes: int) -> bytes:
+    """``path``'s bytes, refusing files over ``max_bytes`` (bounded memory)."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise RegistryReadError(f"{path.name} is {size} bytes, over the {max_bytes} limit")
+        with path.open("rb") as handle:
+            return handle.read(max_bytes + 1)[:max_bytes]
+    except FileNotFoundError as exc:
+        raise RegistryReadError(f"{path.name} is missing from the artifact store") from exc
+    except OSError as exc:
+        raise RegistryReadError(f"cannot read {path.name}: {exc.strerror}") from exc
+
+
+def local_path(location: str) -> Path | None:
+    """The local folder of a ``file:`` URI or plain path, ``None`` for any remote scheme."""
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Path(location)
+    return None
+
+
+def _join(location: str, path: str) -> str:
+    return location.rstrip("/") + "/" + path.lstrip("/")
+
+
+class SqliteRegistry:
+    """Reads an embedded sqlite registry; a fresh read-only connection per call."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.path = (
+            Path(tracking_uri[len("sqlite:///") :])
+            if tracking_uri.startswith("sqlite:///")
+            else Path(urllib.parse.urlparse(tracking_uri).path)
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise RegistryReadError(f"the registry database {self.path} does not exist yet")
+        # Read-only and opened per poll: no connection outlives a replaced file.
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
+        try:
+            return sqlite3.connect(uri, uri=True, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise RegistryReadError(f"cannot open the registry database: {exc}") from exc
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        connection = self._connect()
+        try:
+            return list(connection.execute(sql, args))
+        except sqlite3.Error as exc:
+            raise RegistryReadError(f"cannot read the registry database: {exc}") from exc
+        finally:
+            connection.close()
+
+    def production(self, name: str) -> VersionRef | None:
+        rows = self._query(
+            "SELECT v.version, v.run_id, v.source, v.storage_location FROM model_versions v "
+            "JOIN registered_model_aliases a ON a.name = v.name AND a.version = v.version "
+            "WHERE v.name = ? AND a.alias = ?",
+            (name, PRODUCTION_ALIAS),
+        ) or self._query(
+            "SELECT version, run_id, source, storage_location FROM model_versions "
+            "WHERE name = ? AND current_stage = ? ORDER BY version DESC LIMIT 1",
+            (name, PRODUCTION_STAGE),
+        )
+        if not rows:
+            return None
+        version, run_id, source, storage = rows[0]
+        tags = self._query(
+            "SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?",
+            (name, version),
+        )
+        return VersionRef(
+            name=name,
+            version=str(version),
+            run_id=run_id or None,
+            source=str(source or ""),
+            storage_location=str(storage or source or ""),
+            tags={str(k): str(v) for k, v in tags},
+        )
+
+    def run(self, run_id: str) -> RunInfo | None:
+        rows = self._query("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,))
+        if not rows:
+            return None
+        metrics = self._query(
+            "SELECT key, value FROM latest_metrics WHERE run_uuid = ? AND is_nan = 0", (run_id,)
+        )
+        params = self._query("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,))
+        tags = self._query("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,))
+        return RunInfo(
+            artifact_uri=str(rows[0][0] or ""),
+            metrics={str(k): float(v) for k, v in metrics},
+            params={str(k): str(v) for k, v in params},
+            tags={str(k): str(v) for k, v in tags},
+        )
+
+    def read_artifact(self, location: str, path: str, max_bytes: int) -> bytes:
+        folder = local_path(location)
+        if folder is None:
+            raise RegistryReadError(
+                f"the artifact location {redact_uri(location)!r} is not a local folder; with an "
+                "embedded sqlite registry the API reads artifacts from local folders only"
+            )
+        return read_local_file(folder / path, max_bytes)
+
+
+class HttpRegistry:
+    """Reads an MLflow tracking server over its REST API (artifacts through its proxy)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        parsed = urllib.parse.urlparse(tracking_uri)
+        netloc = parsed.hostname or ""
+        if parsed.port:
+            netloc += f":{parsed.port}"
+        self.base = urllib.parse.urlunparse(
+            (parsed.scheme, netloc, parsed.path.rstrip("/"), "", "", "")
+        )
+        self.headers = _auth_headers(parsed)
+
+    def _get(self, path: str, params: dict[str, str], max_bytes: int) -> bytes:
+        query = urllib.parse.urlencode(params)
+        url = f"{self.base}{path}" + (f"?{query}" if query else "")
+        request = urllib.request.Request(url, headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+                data: bytes = response.read(max_bytes + 1)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise _NotFound(path) from exc
+            raise RegistryReadError(
+                f"the tracking server answered HTTP {exc.code} for {path}"
+            ) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RegistryReadError(f"the tracking server is unreachable ({reason})") from exc
+        if len(data) > max_bytes:
+            raise RegistryReadError(f"{path} is over the {max_bytes} byte limit")
+        return data
+
+    def _json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        try:
+            value = json.loads(self._get(path, params, 16 * 1024 * 1024))
+        except ValueError as exc:
+            raise RegistryReadError(f"the tracking server answered non-JSON for {path}") from exc
+        return value if isinstance(value, dict) else {}
+
+    def production(self, name: str) -> VersionRef | None:
+        try:
+            model = self._json("/api/2.0/mlflow/registered-models/get", {"name": name})
+        except _NotFound:
+            return None
+        registered = model.get("registered_model", {})
+        aliases = {a.get("alias"): a.get("version") for a in registered.get("aliases", [])}
+        version = aliases.get(PRODUCTION_ALIAS)
+        if version is None:
+            staged = [
+                v
+                for v in registered.get("latest_versions", [])
+                if v.get("current_stage") == PRODUCTION_STAGE
+            ]
+            if not staged:
+                return None
+            version = max(staged, key=lambda v: int(v.get("version", 0)))["version"]
+        try:
+            answer = self._json(
+                "/api/2.0/mlflow/model-versions/get", {"name": name, "version": str(version)}
+            )
+            location = self._json(
+                "/api/2.0/mlflow/model-versions/get-download-uri",
+                {"name": name, "version": str(version)},
+            ).get("artifact_uri", "")
+        except _NotFound:
+            return None
+        mv = answer.get("model_version", {})
+        return VersionRef(
+            name=name,
+            version=str(version),
+            run_id=mv.get("run_id") or None,
+            source=str(mv.get("source", "")),
+            storage_location=str(location or mv.get("source", "")),
+            tags=_pairs(mv.get("tags")),
+        )
+
+    def run(self, run_id: str) -> RunInfo | None:
+        try:
+            run = self._json("/api/2.0/mlflow/runs/get", {"run_id": run_id}).get("run", {})
+        except _NotFound:
+            return None
+        data = run.get("data", {})
+        metrics = {
+            str(m["key"]): float(m["value"])
+            for m in data.get("metrics", [])
+            if isinstance(m.get("value"), int | float)
+        }
+        return RunInfo(
+            artifact_uri=str(run.get("info", {}).get("artifact_uri", "")),
+            metrics=metrics,
+            params=_pairs(data.get("params")),
+            tags=_pairs(data.get("tags")),
+        )
+
+    def read_artifact(self, location: str, path: str, max_bytes: int) -> bytes:
+        parsed = urllib.parse.urlparse(location)
+        if parsed.scheme == "mlflow-artifacts":
+            # mlflow-artifacts:/<path> or mlflow-artifacts://host/<path>: served by this server.
+            relative = _join(parsed.path.lstrip("/"), path)
+            quoted = urllib.parse.quote(relative)
+            try:
+                return self._get(f"/api/2.0/mlflow-artifacts/artifacts/{quoted}", {}, max_bytes)
+            except _NotFound as exc:
+                raise RegistryReadError(f"{path} is missing from the artifact store") from exc
+        folder = local_path(location)
+        if folder is not None:
+            return read_local_file(folder / path, max_bytes)
+        raise RegistryReadError(
+            f"the artifact location {redact_uri(location)!r} is neither served by the tracking "
+            "server (start it with --serve-artifacts) nor a local folder"
+        )
+
+
+class _NotFound(RegistryReadError):
+    pass
+
+
+def _pairs(items: Any) -> dict[str, str]:
+    if not isinstance(items, list):
+        return {}
+    return {str(i.get("key")): str(i.get("value", "")) for i in items if isinstance(i, dict)}
+
+
+def _auth_headers(parsed: urllib.parse.ParseResult) -> dict[str, str]:
+    """MLflow's client conventions: user:password in the URI or MLFLOW_TRACKING_USERNAME/PASSWORD
+    (basic), or MLFLOW_TRACKING_TOKEN (bearer)."""
+    user = urllib.parse.unquote(parsed.username or "") or os.environ.get(
+        "MLFLOW_TRACKING_USERNAME", ""
+    )
+    password = urllib.parse.unquote(parsed.password or "") or os.environ.get(
+        "MLFLOW_TRACKING_PASSWORD", ""
+    )
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN", "")
+    if user:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {pair}"}
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    return {}
