@@ -34,6 +34,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from src.config import AppConfig, ConfigError, load_config
+from src.monitoring.inputs import InputInfo
+from src.monitoring.service import install_monitoring
 from src.preprocessing import ALLOWED_FORMATS
 from src.serving.inference import BadImages, classify
 from src.serving.limits import BodySizeLimitMiddleware, BodyTooLarge, too_large_message
@@ -225,6 +227,16 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
         if not hmac.compare_digest(provided.encode("utf-8", "surrogateescape"), expected_key):
             raise ApiError(401, "unauthorized", "Wrong API key in the X-API-Key header.")
 
+    # Monitoring (prediction log, /feedback, /model/card, gauges): one call; answers go through
+    # monitor.record in run_model.
+    monitor = install_monitoring(
+        app,
+        cfg,
+        registry=metrics.registry,
+        current_model=lambda: store.current,
+        require_api_key=require_api_key,
+    )
+
     # --- helpers -----------------------------------------------------------------------------
     def require_ready() -> None:
         if not store.ready:
@@ -290,6 +302,7 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
         model = grab_model()
         request.state.model_version = model.version
         request.state.images = len(blobs)
+        inputs: list[InputInfo] = []
         try:
             results = await anyio.to_thread.run_sync(
                 partial(
@@ -300,6 +313,7 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
                     formats=formats,
                     max_pixels=serve.max_image_pixels,
                     top_k=serve.top_k,
+                    inputs=inputs,
                 ),
                 limiter=limiter,
             )
@@ -315,7 +329,7 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
             raise ApiError(422, "bad_image", detail, [p.as_dict() for p in exc.problems]) from exc
         for label, count in Counter(result["label"] for result in results).items():
             metrics.predictions.labels(label=label).inc(count)
-        return results
+        return monitor.record(model, inputs, results)
 
     # --- endpoints ---------------------------------------------------------------------------
     @app.post(

@@ -80,6 +80,11 @@ def decode_image(
 
 
 def to_model_image(image: Image.Image) -> np.ndarray:
+    """Any PIL image → 28×28 ``uint8`` grayscale array (see :func:`to_model_image_and_inversion`)."""
+    return to_model_image_and_inversion(image)[0]
+
+
+def to_model_image_and_inversion(image: Image.Image) -> tuple[np.ndarray, bool]:
     """Any PIL image → 28×28 ``uint8`` grayscale array in Fashion-MNIST's convention.
 
     Colour and alpha are flattened to grayscale; non-square images are padded to a square with
@@ -101,9 +106,10 @@ def to_model_image(image: Image.Image) -> np.ndarray:
         square.paste(gray, ((side - gray.width) // 2, (side - gray.height) // 2))
         resized = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
         array = np.array(resized, dtype=np.uint8)
-    if _border_value(array) > 127:
+    inverted = _border_value(array) > 127
+    if inverted:
         array = np.array(ImageOps.invert(Image.fromarray(array)), dtype=np.uint8)
-    return array
+    return array, inverted  # whether it was inverted goes into the prediction log
 
 
 def _border_value(array: np.ndarray) -> int:

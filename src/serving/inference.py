@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from src.preprocessing import ImageDecodeError, decode_image, normalize, to_model_image
+from src.monitoring.inputs import InputInfo, describe_input
+from src.preprocessing import (
+    ImageDecodeError,
+    decode_image,
+    normalize,
+    to_model_image_and_inversion,
+)
 from src.serving.model_store import LoadedModel
 
 
@@ -30,12 +36,23 @@ class BadImages(Exception):
         self.problems = problems
 
 
-def to_model_array(data: bytes, *, formats: Sequence[str], max_pixels: int) -> np.ndarray:
+def to_model_array(
+    data: bytes,
+    *,
+    formats: Sequence[str],
+    max_pixels: int,
+    inputs: list[InputInfo] | None = None,
+) -> np.ndarray:
     """Encoded image → 28×28 uint8, exactly as at training time. Raises :class:`ImageDecodeError`
     for anything that is not an acceptable image (including decoder failures PIL does not
-    classify), so no input problem can surface as a server error."""
+    classify), so no input problem can surface as a server error. ``inputs`` (prediction log)
+    gets the upload's :class:`InputInfo` appended."""
     try:
-        return to_model_image(decode_image(data, formats=formats, max_pixels=max_pixels))
+        image = decode_image(data, formats=formats, max_pixels=max_pixels)
+        array, inverted = to_model_image_and_inversion(image)
+        if inputs is not None:
+            inputs.append(describe_input(image, array, inverted))
+        return array
     except ImageDecodeError:
         raise
     except MemoryError as exc:
@@ -55,13 +72,17 @@ def classify(
     formats: Sequence[str],
     max_pixels: int,
     top_k: int,
+    inputs: list[InputInfo] | None = None,
 ) -> list[dict[str, Any]]:
-    """Decode every file, then run ONE forward over all of them with ``model``."""
+    """Decode every file, then run ONE forward over all of them with ``model``. ``inputs``, when
+    given, receives one :class:`InputInfo` per file (for the prediction log)."""
     arrays: list[np.ndarray] = []
     problems: list[ImageProblem] = []
     for index, data in enumerate(blobs):
         try:
-            arrays.append(to_model_array(data, formats=formats, max_pixels=max_pixels))
+            arrays.append(
+                to_model_array(data, formats=formats, max_pixels=max_pixels, inputs=inputs)
+            )
         except ImageDecodeError as exc:
             problems.append(ImageProblem(index, filenames[index], str(exc)))
     if problems:

@@ -1,0 +1,68 @@
+"""The prediction log store and writer: retention by age and rows, a bounded queue."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from src.monitoring.store import PredictionRecord, PredictionStore
+from src.monitoring.writer import PredictionLogWriter
+
+
+def _record(index: int, created_at: float) -> PredictionRecord:
+    return PredictionRecord(
+        prediction_id=f"{index:032x}",
+        created_at=created_at,
+        model_version="1",
+        class_id=index % 10,
+        label="x",
+        confidence=0.9,
+        margin=0.5,
+        low_confidence=False,
+        width=28,
+        height=28,
+        mode="L",
+        input_mean=0.3,
+        input_std=0.3,
+        inverted=False,
+    )
+
+
+def test_retention_removes_old_rows_and_keeps_the_newest(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    now = 1_000_000.0
+    day = 86400.0
+    # 5 rows 40 days old, 10 recent rows one second apart.
+    store.add_predictions([_record(i, now - 40 * day + i) for i in range(5)])
+    store.add_predictions([_record(100 + i, now - 100 + i) for i in range(10)])
+    store.add_feedback([(f"{0:032x}", 3, now - 40 * day), (f"{109:032x}", 4, now)])
+    deleted = store.apply_retention(max_age_s=30 * day, max_rows=6, now=now)
+    kept = [row["prediction_id"] for row in store.recent_predictions(0)]
+    assert deleted == 9
+    assert kept == [f"{100 + i:032x}" for i in range(4, 10)]  # the newest six
+    assert [row["prediction_id"] for row in store.labelled()] == [f"{109:032x}"]
+    store.close()
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    writer = PredictionLogWriter(
+        lambda: PredictionStore(url),
+        url_for_logs=url,
+        queue_size=3,
+        batch_size=10,
+        flush_interval_s=0.05,
+        retention_s=86400.0,
+        retention_max_rows=100,
+        stats_interval_s=0.1,
+    )
+    started = time.perf_counter()
+    accepted = [writer.put(_record(i, time.time())) for i in range(5)]  # thread not started
+    assert time.perf_counter() - started < 0.5
+    assert accepted == [True, True, True, False, False] and writer.stats.dropped == 2
+    writer.start()
+    assert writer.flush(timeout=10)
+    writer.close()
+    store = PredictionStore(url)
+    assert len(store.recent_predictions(0)) == 3 and writer.stats.written == 3
+    store.close()
