@@ -31,6 +31,8 @@ class MonitorConfig(BaseModel):
     experiment_name: str = "clothing-classifier-monitoring"
     window_hours: float = Field(default=24.0, gt=0)
     min_predictions: int = Field(default=200, ge=1)
+    # Labelled feedback needed before live accuracy counts as a drift test.
+    min_feedback: int = Field(default=30, ge=1)
     # A test flags drift when p < alpha AND its effect size (KS D, total variation distance,
     # share difference) reaches min_effect, so huge windows do not flag negligible shifts.
     alpha: float = Field(default=0.01, gt=0, lt=1)

@@ -22,11 +22,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from src.config import AppConfig
 from src.monitoring.inputs import InputInfo
+from src.monitoring.profile import THRESHOLD_TAG
 from src.monitoring.store import PredictionRecord, PredictionStore, store_url
 from src.monitoring.writer import PredictionLogWriter
-
-THRESHOLD_TAG = "low_confidence_threshold"
-MODEL_CARD_TAG = "model_card"
 
 
 class ServedModel(Protocol):

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from src.labels import CLASS_NAMES
+from src.monitoring.card import MODEL_CARD_TAG
 
 if TYPE_CHECKING:
     from src.monitoring.service import PredictionMonitor, ServedModel
@@ -107,8 +108,6 @@ def monitoring_router(
         summary="The served version's model card (markdown).",
     )
     async def model_card() -> Response:
-        from src.monitoring.service import MODEL_CARD_TAG
-
         model = current_model()
         if model is None:
             raise HTTPException(503, "No model is loaded yet; retry once /ready answers 200.")
