@@ -14,6 +14,7 @@ from tests.api.conftest import (  # noqa: F401  (fixtures re-exported for this p
     registry,
     server_factory,
 )
+from tests.flows.conftest import prefect_server  # noqa: F401
 
 
 def monitored_config(
