@@ -14,6 +14,7 @@ from tests.api.conftest import (  # noqa: F401  (fixtures re-exported for this p
     registry,
     server_factory,
 )
+from tests.api.test_web_page import browser_page  # noqa: F401
 from tests.flows.conftest import prefect_server  # noqa: F401
 
 
