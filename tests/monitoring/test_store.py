@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from src.monitoring.store import PredictionRecord, PredictionStore
 from src.monitoring.writer import PredictionLogWriter
@@ -66,3 +69,23 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> No
     store = PredictionStore(url)
     assert len(store.recent_predictions(0)) == 3 and writer.stats.written == 3
     store.close()
+
+
+def test_labelled_feedback_exports_as_an_idx_dataset(tmp_path: Path) -> None:
+    from src.data.io import read_images, write_idx
+    from src.monitoring.feedback import export_feedback
+
+    store = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    pixels = np.arange(784, dtype=np.uint8).reshape(28, 28)
+    with_image = replace(_record(1, 100.0), image=pixels.tobytes())
+    store.add_predictions([with_image, _record(2, 101.0), _record(3, 102.0)])
+    store.add_feedback([(f"{1:032x}", 6, 200.0), (f"{2:032x}", 4, 201.0)])
+    base = tmp_path / "base"
+    write_idx(base, np.zeros((2, 28, 28), dtype=np.uint8), np.array([1, 2]))
+    result = export_feedback(store.labelled(), tmp_path / "out", merge_with=base)
+    store.close()
+    assert (result.labelled, result.with_images, result.total_images) == (2, 1, 3)
+    images, labels = read_images(tmp_path / "out")
+    assert labels.tolist() == [1, 2, 6] and np.array_equal(images[2], pixels)
+    lines = (tmp_path / "out" / "feedback.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[1].startswith(f"{1:032x},") and ",Shirt," in lines[1]
