@@ -15,7 +15,7 @@ from tests.api.conftest import (  # noqa: F401  (fixtures re-exported for this p
     server_factory,
 )
 from tests.api.test_web_page import browser_page  # noqa: F401
-from tests.flows.conftest import prefect_server  # noqa: F401
+from tests.flows.conftest import prefect_api, prefect_server, tiny_sources  # noqa: F401
 
 
 def monitored_config(
