@@ -33,13 +33,12 @@ def pixel_stats(arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def describe_input(image: Image.Image, array: np.ndarray, inverted: bool) -> InputInfo:
     """``image``: the decoded upload; ``array``: its 28x28 ``uint8`` model input."""
-    scaled = np.asarray(array, dtype=np.float32) / 255.0
     return InputInfo(
         width=int(image.width),
         height=int(image.height),
         mode=str(image.mode),
-        mean=float(scaled.mean()),
-        std=float(scaled.std()),
+        mean=float(array.mean()) / 255.0,
+        std=float(array.std()) / 255.0,
         inverted=bool(inverted),
         array=array,
     )

@@ -117,6 +117,9 @@ class PredictionLogWriter:
         next_stats = 0.0
         while True:
             stopping = self._stop.is_set()
+            if stopping and self._store is None:  # never connected: nothing can be written
+                self._drop_queued(pending)
+                return
             pending += self._take(self._batch_size - len(pending), wait=not stopping)
             if pending and self._store is not None:
                 attempts += 1
@@ -133,6 +136,12 @@ class PredictionLogWriter:
                 next_stats = time.monotonic() + self._stats_interval_s
             if stopping and (not pending or self._store is None) and self._queue.empty():
                 return
+
+    def _drop_queued(self, pending: list[PredictionRecord | Feedback]) -> None:
+        dropped = len(pending) + sum(1 for _ in self._take(self._queue.qsize() + 1, wait=False))
+        self.stats.dropped += dropped
+        for _ in range(dropped):
+            self._queue.task_done()
 
     def _connect(self) -> None:
         while not self._stop.is_set():

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from src.monitoring.store import PredictionRecord, PredictionStore
 from src.monitoring.writer import PredictionLogWriter
@@ -89,3 +91,61 @@ def test_labelled_feedback_exports_as_an_idx_dataset(tmp_path: Path) -> None:
     assert labels.tolist() == [1, 2, 6] and np.array_equal(images[2], pixels)
     lines = (tmp_path / "out" / "feedback.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[1].startswith(f"{1:032x},") and ",Shirt," in lines[1]
+
+
+def _writer(factory: Any, queue_size: int = 100) -> PredictionLogWriter:
+    return PredictionLogWriter(
+        factory,
+        url_for_logs="postgresql://monitor:s3cret-pw@db.invalid/log",
+        queue_size=queue_size,
+        batch_size=10,
+        flush_interval_s=0.02,
+        retention_s=86400.0,
+        retention_max_rows=100,
+        stats_interval_s=60.0,
+    )
+
+
+def test_a_failed_write_is_retried_without_losing_rows(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+
+    class FlakyStore(PredictionStore):
+        failures = 2
+
+        def add_predictions(self, records: Any) -> None:
+            if FlakyStore.failures:
+                FlakyStore.failures -= 1
+                raise OSError("database is restarting")
+            super().add_predictions(records)
+
+    writer = _writer(lambda: FlakyStore(url))
+    writer.start()
+    for i in range(5):
+        writer.put(_record(i, time.time()))
+    assert writer.flush(timeout=30)
+    writer.close()
+    assert writer.stats.write_errors == 2 and writer.stats.written == 5
+    assert writer.stats.dropped == 0
+    store = PredictionStore(url)
+    assert len(store.recent_predictions(0)) == 5
+    store.close()
+
+
+def test_an_unreachable_store_never_blocks_and_shutdown_is_prompt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def unreachable() -> PredictionStore:
+        raise OSError("connection refused")
+
+    writer = _writer(unreachable, queue_size=50)
+    writer.start()
+    for i in range(30):
+        assert writer.put(_record(i, time.time()))
+    started = time.monotonic()
+    writer.close(timeout=10)
+    assert time.monotonic() - started < 5
+    assert writer.stats.dropped == 30 and writer.stats.write_errors >= 1
+    assert writer.flush(timeout=1)
+    # The store's password never reaches the log.
+    logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
+    assert "s3cret-pw" not in logged and "monitor:***@db.invalid" in logged
