@@ -18,11 +18,9 @@ export DO_NOT_TRACK ?= true
 
 .PHONY: help install train data evaluate serve test lint typecheck unit browser-deps benchmarks mlflow-ui prefect-server clean
 
-help:
-	@echo "make train      run the train-flow (download, version, validate, split, train, gate, promote)"
-	@echo "make test       lint, type-check and run the tests"
-	@echo "make serve      serve the Production model on http://127.0.0.1:8000"
-	@echo "make mlflow-ui  browse runs and the registry on http://127.0.0.1:5000"
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
+		awk -F'\t' '{printf "make %-15s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,45 +28,45 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed ## create .venv and install the project (dev extras)
 
-train: install
+train: install ## run the train-flow (download, validate, version, split, train, gate, promote)
 	$(PY) -m flows.train_flow
 
-data: install
+data: install ## run the data-flow only (download, validate, version, split)
 	$(PY) -m flows.data_flow
 
-evaluate: install
+evaluate: install ## evaluate a model on the test split (ARGS="--model-uri ...")
 	$(PY) -m src.evaluate $(ARGS)
 
-serve: install
-	$(BIN)/uvicorn src.api:app --host 127.0.0.1 --port 8000
+serve: install ## serve the Production model on SERVE_HOST:SERVE_PORT (default 127.0.0.1:8000)
+	$(BIN)/clothing-classifier serve
 
-lint: install
+lint: install ## ruff check + ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: install
-	$(BIN)/mypy src flows benchmarks
+typecheck: install ## mypy
+	$(BIN)/mypy src flows benchmarks deployments
 
 # Debian's Chromium drives the web page's end-to-end test (no browser download needed).
-browser-deps:
+browser-deps: ## install Debian's Chromium for the browser test, if missing
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-unit: install
+unit: install ## the fast tests only (no real servers, no real data)
+	$(BIN)/pytest -m "not integration"
+
+test: install lint typecheck browser-deps ## what CI runs: lint, types, all tests
 	$(BIN)/pytest
 
-test: install lint typecheck browser-deps
-	$(BIN)/pytest
-
-benchmarks: install
+benchmarks: install ## run every benchmark (minutes; on a quiet machine)
 	$(PY) -m benchmarks.run_all
 
-mlflow-ui: install
+mlflow-ui: install ## browse runs and the registry on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-prefect-server: install
+prefect-server: install ## a Prefect server with UI on http://127.0.0.1:4200
 	$(BIN)/prefect server start --host 127.0.0.1
 
-clean:
+clean: ## remove outputs and tool caches
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

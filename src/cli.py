@@ -1,0 +1,96 @@
+"""One command line for the whole product: ``clothing-classifier <command> [options]``.
+
+Each command is the ``main(argv)`` of the module that owns it (imported only when chosen, so
+``serve`` does not pay for training imports); ``python -m <module>`` stays as a thin alias.
+Errors that reach this level are printed as one line and mapped to an exit code: 2 for bad
+configuration or input, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+from src.config import ConfigError
+
+# command -> ("module:function" taking argv and returning an exit code, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("flows.data_flow:main", "download, validate, version (DVC) and split the data"),
+    "train": ("flows.train_flow:main", "run the whole train-flow: data, training, gate, promotion"),
+    "fit": ("src.training.__main__:main", "train on an already prepared split, without Prefect"),
+    "evaluate": ("src.evaluate:main", "evaluate a registered version, a run or a checkpoint"),
+    "registry": ("src.registry:main", "show or change the registry's Production version"),
+    "serve": ("src.cli:serve", "serve the Production model over HTTP (uvicorn, SERVE_HOST/PORT)"),
+    "deploy": ("deployments.deploy:main", "register the Prefect deployments"),
+}
+
+USAGE_ERRORS = (ConfigError, ValidationError, FileNotFoundError, ValueError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clothing-classifier",
+        description="Fashion-MNIST garment classifier: data, training, registry and serving.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def resolve(command: str) -> Callable[[list[str] | None], int]:
+    module_name, function_name = COMMANDS[command][0].split(":")
+    function: Callable[[list[str] | None], int] = getattr(
+        importlib.import_module(module_name), function_name
+    )
+    return function
+
+
+def run(command: str, argv: list[str]) -> int:
+    """Run one command; a usage or configuration error becomes one readable line and exit 2."""
+    try:
+        return resolve(command)(argv)
+    except USAGE_ERRORS as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"clothing-classifier {command}: {first_line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"clothing-classifier {command}: interrupted.", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(
+            f"clothing-classifier {command} failed: {type(exc).__name__}: {exc}. "
+            "The log above names the failed step; fix the cause and run the command again.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def serve(argv: list[str] | None = None) -> int:
+    """``uvicorn src.api:app`` on ``serve.host``/``serve.port`` (``SERVE_HOST``/``SERVE_PORT``)."""
+    parser = argparse.ArgumentParser(prog="clothing-classifier serve", description=serve.__doc__)
+    parser.add_argument("--host", help="default: serve.host")
+    parser.add_argument("--port", type=int, help="default: serve.port")
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    from src.config import load_config
+
+    settings = load_config().serve
+    uvicorn.run("src.api:app", host=args.host or settings.host, port=args.port or settings.port)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    known, rest = build_parser().parse_known_args(args[:1])
+    return run(known.command, rest + args[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
