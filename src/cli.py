@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "registry": ("src.registry:main", "show or change the registry's Production version"),
     "serve": ("src.cli:serve", "serve the Production model over HTTP (uvicorn, SERVE_HOST/PORT)"),
     "deploy": ("deployments.deploy:main", "register the Prefect deployments"),
+    "monitor": ("flows.monitor_flow:main", "drift checks on the prediction log (monitor-flow)"),
+    "export-feedback": (
+        "src.monitoring.feedback:main",
+        "export labelled feedback as a dataset (CSV + IDX)",
+    ),
 }
 
 USAGE_ERRORS = (ConfigError, ValidationError, FileNotFoundError, ValueError)
