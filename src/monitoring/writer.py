@@ -8,6 +8,7 @@ records are dropped and counted instead of slowing or failing the answers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -21,6 +22,9 @@ from src.monitoring.store import PredictionRecord, PredictionStore, redact_url
 logger = logging.getLogger("clothing_classifier.monitoring")
 
 Feedback = tuple[str, int, float]  # prediction_id, true class id, unix time
+Item = PredictionRecord | Feedback
+# Put on the queue by flush(): the writer stops collecting and writes what it has at once.
+_FLUSH_NOW: Item = ("", -1, 0.0)
 # After a failed write the batch is kept and retried; this many failures in a row drop it.
 MAX_WRITE_ATTEMPTS = 5
 
@@ -28,6 +32,7 @@ MAX_WRITE_ATTEMPTS = 5
 @dataclass
 class WriterStats:
     written: int = 0
+    batches: int = 0  # successful writes (transactions)
     dropped: int = 0
     write_errors: int = 0
     feedback_written: int = 0
@@ -55,7 +60,7 @@ class PredictionLogWriter:
     ) -> None:
         self._factory = store_factory
         self._url = redact_url(url_for_logs)
-        self._queue: queue.Queue[PredictionRecord | Feedback] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Item] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._retention_s = retention_s
@@ -68,7 +73,7 @@ class PredictionLogWriter:
         self.stats = WriterStats()
 
     # --- request side: never blocks ------------------------------------------------------------
-    def put(self, item: PredictionRecord | Feedback) -> bool:
+    def put(self, item: Item) -> bool:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -100,6 +105,9 @@ class PredictionLogWriter:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (or dropped); ``False`` on timeout."""
         deadline = time.monotonic() + timeout
+        if self._queue.unfinished_tasks:
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_FLUSH_NOW)
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)
         return not self._queue.unfinished_tasks
@@ -112,7 +120,7 @@ class PredictionLogWriter:
     # --- the thread ----------------------------------------------------------------------------
     def _run(self) -> None:
         self._connect()
-        pending: list[PredictionRecord | Feedback] = []
+        pending: list[Item] = []
         attempts = 0
         next_stats = 0.0
         while True:
@@ -137,7 +145,7 @@ class PredictionLogWriter:
             if stopping and (not pending or self._store is None) and self._queue.empty():
                 return
 
-    def _drop_queued(self, pending: list[PredictionRecord | Feedback]) -> None:
+    def _drop_queued(self, pending: list[Item]) -> None:
         dropped = len(pending) + sum(1 for _ in self._take(self._queue.qsize() + 1, wait=False))
         self.stats.dropped += dropped
         for _ in range(dropped):
@@ -157,21 +165,30 @@ class PredictionLogWriter:
                 self._stop.wait(5.0)
         self._store_ready.set()
 
-    def _take(self, limit: int, *, wait: bool) -> list[PredictionRecord | Feedback]:
-        items: list[PredictionRecord | Feedback] = []
+    def _take(self, limit: int, *, wait: bool) -> list[Item]:
+        """Up to ``limit`` items; with ``wait``, keep collecting until ``flush_interval_s`` has
+        passed, so a steady trickle of answers becomes one write per interval, not one per
+        answer (a commit costs far more than a row)."""
+        items: list[Item] = []
         deadline = time.monotonic() + self._flush_interval_s
         while len(items) < limit:
             timeout = deadline - time.monotonic()
             try:
-                if wait and not items and timeout > 0:
-                    items.append(self._queue.get(timeout=timeout))
-                else:
-                    items.append(self._queue.get_nowait())
+                item = (
+                    self._queue.get(timeout=timeout)
+                    if wait and timeout > 0
+                    else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
+            if item is _FLUSH_NOW:
+                self._queue.task_done()
+                wait = False  # write what is there now
+                continue
+            items.append(item)
         return items
 
-    def _write(self, items: list[PredictionRecord | Feedback]) -> bool:
+    def _write(self, items: list[Item]) -> bool:
         assert self._store is not None
         records = [item for item in items if isinstance(item, PredictionRecord)]
         labels = [item for item in items if not isinstance(item, PredictionRecord)]
@@ -186,6 +203,7 @@ class PredictionLogWriter:
             )
             return False
         self.stats.written += len(records)
+        self.stats.batches += 1
         self.stats.feedback_written += len(labels)
         return True
 

@@ -149,3 +149,21 @@ def test_an_unreachable_store_never_blocks_and_shutdown_is_prompt(
     # The store's password never reaches the log.
     logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
     assert "s3cret-pw" not in logged and "monitor:***@db.invalid" in logged
+
+
+def test_a_trickle_of_answers_is_written_in_few_batches(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    writer = _writer(lambda: PredictionStore(url))
+    writer._flush_interval_s = 0.5  # collect for half a second per write
+    writer.start()
+    writer.store()
+    for i in range(20):  # one answer every 10 ms: 0.2 s in all
+        writer.put(_record(i, time.time()))
+        time.sleep(0.01)
+    time.sleep(0.8)
+    assert writer.stats.written == 20 and writer.stats.batches <= 2
+    # flush() does not wait out the interval.
+    writer.put(_record(99, time.time()))
+    started = time.monotonic()
+    assert writer.flush(timeout=5) and time.monotonic() - started < 0.4
+    writer.close()
