@@ -8,7 +8,6 @@ records are dropped and counted instead of slowing or failing the answers.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -23,8 +22,6 @@ logger = logging.getLogger("clothing_classifier.monitoring")
 
 Feedback = tuple[str, int, float]  # prediction_id, true class id, unix time
 Item = PredictionRecord | Feedback
-# Put on the queue by flush(): the writer stops collecting and writes what it has at once.
-_FLUSH_NOW: Item = ("", -1, 0.0)
 # After a failed write the batch is kept and retried; this many failures in a row drop it.
 MAX_WRITE_ATTEMPTS = 5
 
@@ -67,6 +64,7 @@ class PredictionLogWriter:
         self._retention_max_rows = retention_max_rows
         self._stats_interval_s = stats_interval_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._store: PredictionStore | None = None
         self._store_ready = threading.Event()
@@ -79,6 +77,8 @@ class PredictionLogWriter:
         except queue.Full:
             self.stats.dropped += 1
             return False
+        if self._queue.qsize() >= self._batch_size:
+            self._wake.set()  # a full batch is waiting: write it now
         return True
 
     @property
@@ -96,6 +96,7 @@ class PredictionLogWriter:
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the thread and release the database."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -105,9 +106,7 @@ class PredictionLogWriter:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (or dropped); ``False`` on timeout."""
         deadline = time.monotonic() + timeout
-        if self._queue.unfinished_tasks:
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(_FLUSH_NOW)
+        self._wake.set()
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)
         return not self._queue.unfinished_tasks
@@ -166,26 +165,19 @@ class PredictionLogWriter:
         self._store_ready.set()
 
     def _take(self, limit: int, *, wait: bool) -> list[Item]:
-        """Up to ``limit`` items; with ``wait``, keep collecting until ``flush_interval_s`` has
-        passed, so a steady trickle of answers becomes one write per interval, not one per
-        answer (a commit costs far more than a row)."""
+        """Up to ``limit`` queued items; with ``wait``, first sleep one ``flush_interval_s``
+        (cut short by a full batch, flush() or close()). The thread wakes once per interval,
+        not once per answer: a commit costs far more than a row, and every wake-up makes the
+        request threads hand over the GIL."""
+        if wait:
+            self._wake.wait(self._flush_interval_s)
+            self._wake.clear()
         items: list[Item] = []
-        deadline = time.monotonic() + self._flush_interval_s
         while len(items) < limit:
-            timeout = deadline - time.monotonic()
             try:
-                item = (
-                    self._queue.get(timeout=timeout)
-                    if wait and timeout > 0
-                    else self._queue.get_nowait()
-                )
+                items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-            if item is _FLUSH_NOW:
-                self._queue.task_done()
-                wait = False  # write what is there now
-                continue
-            items.append(item)
         return items
 
     def _write(self, items: list[Item]) -> bool:
