@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ class PredictionStore:
     def add_predictions(self, records: Sequence[PredictionRecord]) -> None:
         if records:
             with self.engine.begin() as conn:
-                conn.execute(predictions.insert(), [asdict(r) for r in records])
+                conn.execute(predictions.insert(), [vars(r) for r in records])  # no deep copy
 
     def add_feedback(self, items: Sequence[tuple[str, int, float]]) -> None:
         rows = [{"prediction_id": p, "true_class_id": c, "created_at": t} for p, c, t in items]
