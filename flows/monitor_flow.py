@@ -100,6 +100,9 @@ def report_task(
         report.write_report(folder, decision, rows, profile, cfg.monitor.window_hours)
         run_id = monitor.log_to_mlflow(cfg, decision, folder, tags)
         summary = (folder / "report.md").read_text()
+        plot = folder / "distributions.png"
+        if plot.is_file():  # the plots inline, so the Prefect UI shows them too
+            summary += f"\n![distributions](data:image/png;base64,{_b64(plot)})\n"
     create_markdown_artifact(
         markdown=summary + f"\nMLflow run `{run_id}` (experiment "
         f"`{cfg.monitor.experiment_name}`), plots in its artifact `report/report.html`.\n",
@@ -108,6 +111,12 @@ def report_task(
     )
     monitor.record_decision(cfg, decision, run_id)
     return run_id
+
+
+def _b64(path: Path) -> str:
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
 
 
 @task(name="start-retraining", cache_policy=NO_CACHE, persist_result=False)
