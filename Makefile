@@ -39,6 +39,9 @@ data: install ## run the data-flow only (download, validate, version, split)
 evaluate: install ## evaluate a model on the test split (ARGS="--model-uri ...")
 	$(PY) -m src.evaluate $(ARGS)
 
+monitor: install ## run the monitor-flow once: drift checks on the prediction log (ARGS="--dry-run")
+	$(PY) -m flows.monitor_flow $(ARGS)
+
 serve: install ## serve the Production model on SERVE_HOST:SERVE_PORT (default 127.0.0.1:8000)
 	$(BIN)/clothing-classifier serve
 

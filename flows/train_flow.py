@@ -25,6 +25,7 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows import data_flow
+from flows.monitoring_tasks import describe_version_task
 from flows.training_tasks import (
     evaluate_task,
     gate_task,
@@ -109,6 +110,7 @@ def train_flow(params: TrainFlowParams | None = None) -> dict[str, Any]:
     evaluation = evaluate_task(prepared, trained, cfg)
     version = register_task(prepared, trained, evaluation, cfg)
     outcome = gate_task(prepared, trained, evaluation, version, cfg)
+    describe_version_task(prepared, trained, evaluation, version, outcome, cfg)  # monitoring
     promotion = promote_task(version, outcome, cfg)
     return {
         "profile": cfg.profile,

@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "serve the Production model over HTTP (uvicorn, SERVE_HOST/PORT)",
     ),
     "deploy": ("deployments.deploy:main", "register the Prefect deployments"),
+    "monitor": ("flows.monitor_flow:main", "drift checks on the prediction log (monitor-flow)"),
+    "export-feedback": (
+        "src.monitoring.feedback:main",
+        "export labelled feedback as a dataset (CSV + IDX)",
+    ),
 }
 
 USAGE_ERRORS = (ConfigError, ValidationError, FileNotFoundError, ValueError)

@@ -156,6 +156,11 @@ def _flatten_to_gray(image: Image.Image) -> Image.Image:
 
 
 def to_model_image(image: Image.Image) -> np.ndarray:
+    """Any PIL image → 28×28 ``uint8`` grayscale array (see :func:`to_model_image_and_inversion`)."""
+    return to_model_image_and_inversion(image)[0]
+
+
+def to_model_image_and_inversion(image: Image.Image) -> tuple[np.ndarray, bool]:
     """Any PIL image → 28×28 ``uint8`` grayscale array in Fashion-MNIST's convention.
 
     EXIF orientation is applied; colour and alpha are flattened to grayscale; the image is resized
@@ -178,9 +183,10 @@ def to_model_image(image: Image.Image) -> np.ndarray:
         top, left = (IMAGE_SIZE - array.shape[0]) // 2, (IMAGE_SIZE - array.shape[1]) // 2
         square[top : top + array.shape[0], left : left + array.shape[1]] = array
         array = square
-    if _border_value(array) > 127:
+    inverted = _border_value(array) > 127
+    if inverted:
         array = np.array(ImageOps.invert(Image.fromarray(array)), dtype=np.uint8)
-    return array
+    return array, inverted  # whether it was inverted goes into the prediction log
 
 
 def _border_value(array: np.ndarray) -> int:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from src.config.data import DataConfig
 from src.config.flow import FlowConfig
 from src.config.gate import GateConfig
+from src.config.monitor import MonitorConfig
 from src.config.sections import PROJECT_ROOT, AppConfig, MlflowConfig, PathsConfig
 from src.config.serve import ServeConfig
 from src.config.train import TrainConfig
@@ -32,6 +33,7 @@ __all__ = [
     "FlowConfig",
     "GateConfig",
     "MlflowConfig",
+    "MonitorConfig",
     "PathsConfig",
     "ServeConfig",
     "TrainConfig",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from src.config.data import DataConfig
 from src.config.flow import FlowConfig
 from src.config.gate import GateConfig
+from src.config.monitor import MonitorConfig
 from src.config.serve import ServeConfig
 from src.config.train import TrainConfig
 
@@ -85,6 +86,7 @@ class AppConfig(BaseModel):
     gate: GateConfig = Field(default_factory=GateConfig)
     flow: FlowConfig = Field(default_factory=FlowConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @property
     def tracking_uri(self) -> str:

@@ -14,8 +14,9 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from src.config import AppConfig, ServeConfig, load_config
+from src.monitoring.service import install_monitoring
 from src.preprocessing import ALLOWED_FORMATS
-from src.serving.deps import ServingContext
+from src.serving.deps import ServingContext, require_api_key
 from src.serving.errors import install_error_handlers
 from src.serving.inference import ImageLimits
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
@@ -133,6 +134,14 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
     app.state.store = ctx.store
     app.state.metrics = metrics
     install_error_handlers(app, ctx.logger)
+    # Prediction log, /feedback, /model/card and the monitoring gauges (src/monitoring).
+    ctx.monitor = install_monitoring(
+        app,
+        cfg,
+        registry=metrics.registry,
+        current_model=lambda: ctx.store.current,
+        require_api_key=require_api_key,
+    )
     app.include_router(prediction_router(cfg.serve))
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

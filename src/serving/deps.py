@@ -12,6 +12,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from src.config import AppConfig
+from src.monitoring.service import PredictionMonitor
 from src.serving.errors import ApiError
 from src.serving.inference import ImageLimits
 from src.serving.model_store import LoadedModel, ModelStore
@@ -31,6 +32,8 @@ class ServingContext:
     single_slots: anyio.CapacityLimiter
     batch_slots: anyio.CapacityLimiter
     api_key: bytes | None
+    # Set by create_app: stamps prediction_id/low_confidence and queues answers for the log.
+    monitor: PredictionMonitor | None = None
 
 
 def serving_context(request: Request) -> ServingContext:

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from src.monitoring.inputs import InputInfo, describe_input
 from src.preprocessing import (
     ImageDecodeError,
     load_pixels,
     normalize_array,
     open_image,
-    to_model_image,
+    to_model_image_and_inversion,
 )
 from src.serving.model_store import LoadedModel
 
@@ -59,11 +60,17 @@ class ClientGone(Exception):
     """The client disconnected; the rest of the work was dropped."""
 
 
-def to_model_array(data: bytes | memoryview, limits: ImageLimits, budget: list[int]) -> np.ndarray:
+def to_model_array(
+    data: bytes | memoryview,
+    limits: ImageLimits,
+    budget: list[int],
+    inputs: list[InputInfo] | None = None,
+) -> np.ndarray:
     """Encoded image → 28×28 uint8, exactly as at training time; ``budget[0]`` (decoded pixels
     left for this request) is checked and spent before decoding. Raises :class:`ImageDecodeError`
     for anything that is not an acceptable image (including decoder failures PIL does not
-    classify), so no input problem can surface as a server error."""
+    classify), so no input problem can surface as a server error. ``inputs`` (the prediction
+    log) gets the upload's :class:`InputInfo` appended."""
     try:
         image = open_image(
             data, formats=limits.formats, max_pixels=limits.max_pixels, max_side=limits.max_side
@@ -75,7 +82,10 @@ def to_model_array(data: bytes | memoryview, limits: ImageLimits, budget: list[i
                 "all; send fewer or smaller images per request."
             )
         budget[0] -= pixels
-        return to_model_image(load_pixels(image))
+        array, inverted = to_model_image_and_inversion(load_pixels(image))
+        if inputs is not None:
+            inputs.append(describe_input(image, array, inverted))
+        return array
     except (ImageDecodeError, BatchTooLarge):
         raise
     except MemoryError as exc:
@@ -92,9 +102,10 @@ def decode_all(
     filenames: Sequence[str | None],
     limits: ImageLimits,
     cancelled: threading.Event | None = None,
+    inputs: list[InputInfo] | None = None,
 ) -> np.ndarray:
     """Decode every file into a (N, 28, 28) uint8 stack, or raise :class:`BadImages` naming each
-    bad file."""
+    bad file; ``inputs``, when given, receives one :class:`InputInfo` per file."""
     arrays: list[np.ndarray] = []
     problems: list[ImageProblem] = []
     budget = [limits.max_batch_pixels]
@@ -102,7 +113,7 @@ def decode_all(
         if cancelled is not None and cancelled.is_set():
             raise ClientGone
         try:
-            arrays.append(to_model_array(data, limits, budget))
+            arrays.append(to_model_array(data, limits, budget, inputs))
         except ImageDecodeError as exc:
             problems.append(ImageProblem(index, filenames[index], str(exc)))
     if problems:
@@ -118,9 +129,11 @@ def classify(
     *,
     top_k: int,
     cancelled: threading.Event | None = None,
+    inputs: list[InputInfo] | None = None,
 ) -> list[dict[str, Any]]:
-    """Decode every file, then run ONE forward over all of them with ``model``."""
-    images = decode_all(blobs, filenames, limits, cancelled)
+    """Decode every file, then run ONE forward over all of them with ``model``; ``inputs``, when
+    given, receives one :class:`InputInfo` per file (for the prediction log)."""
+    images = decode_all(blobs, filenames, limits, cancelled, inputs)
     if cancelled is not None and cancelled.is_set():
         raise ClientGone
     probabilities = model.predict_proba(normalize_array(images))

@@ -18,6 +18,11 @@ class Prediction(BaseModel):
     confidence: float = Field(ge=0, le=1, description="Probability of `label`.")
     top_k: list[ClassProbability] = Field(description="The most likely classes, best first.")
     model_version: str = Field(description="Registry version that answered.")
+    prediction_id: str = Field(description="Id of this answer in the prediction log (/feedback).")
+    low_confidence: bool = Field(
+        description="True when `confidence` is below the version's calibrated threshold: "
+        "the answer is a guess (the web page says 'not sure')."
+    )
 
 
 class ModelDescription(BaseModel):

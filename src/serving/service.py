@@ -16,6 +16,7 @@ import anyio
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from src.monitoring.inputs import InputInfo
 from src.serving.deps import ServingContext
 from src.serving.errors import ApiError
 from src.serving.inference import BadImages, BatchTooLarge, ClientGone, classify
@@ -134,6 +135,7 @@ async def classify_request(
     request.state.model_version = model.version
     path, serve = request.url.path, ctx.cfg.serve
     counted: list[int] = [0]
+    inputs: list[InputInfo] = []  # what the prediction log records about each upload
 
     def job(cancelled: threading.Event) -> list[dict[str, Any]]:
         files = _parse(body, boundary, field, max_files, ctx, path)
@@ -141,7 +143,13 @@ async def classify_request(
         names = [part.filename for part in files]
         data = [part.data for part in files]
         return classify(
-            model, data, names, ctx.image_limits, top_k=serve.top_k, cancelled=cancelled
+            model,
+            data,
+            names,
+            ctx.image_limits,
+            top_k=serve.top_k,
+            cancelled=cancelled,
+            inputs=inputs,
         )
 
     limiter = ctx.single_slots if max_files == 1 else ctx.batch_slots
@@ -160,4 +168,4 @@ async def classify_request(
     request.state.images = len(results)
     for label, count in Counter(result["label"] for result in results).items():
         ctx.metrics.predictions.labels(label=label).inc(count)
-    return results
+    return ctx.monitor.record(model, inputs, results) if ctx.monitor else results

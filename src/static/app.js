@@ -19,9 +19,33 @@ function percent(p) {
   return (100 * p).toFixed(1) + "%";
 }
 
+const CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+  "Sneaker", "Bag", "Ankle boot"];
+let lastPredictionId = null;
+
+function fillLabelChoices(names) {
+  const select = $("true-label");
+  select.replaceChildren();
+  names.forEach((name, index) => select.appendChild(new Option(name, String(index))));
+}
+fillLabelChoices(CLASS_NAMES);
+
 function showResult(result) {
-  $("label").textContent = result.label;
-  $("confidence").textContent = percent(result.confidence);
+  // A low-confidence answer is a guess: say so instead of naming it with confidence.
+  if (result.low_confidence) {
+    const [first, second] = result.top_k;
+    $("label").textContent = "Not sure";
+    $("confidence").textContent = second
+      ? `maybe ${first.label} (${percent(first.probability)}) or ${second.label} (${percent(second.probability)})`
+      : `maybe ${first.label} (${percent(first.probability)})`;
+  } else {
+    $("label").textContent = result.label;
+    $("confidence").textContent = percent(result.confidence);
+  }
+  lastPredictionId = result.prediction_id || null;
+  $("feedback").hidden = !lastPredictionId;
+  $("feedback-status").textContent = "";
+  $("true-label").value = String(result.class_id);
   $("model-version").textContent = result.model_version;
   const list = $("top-k");
   list.replaceChildren();
@@ -65,6 +89,30 @@ async function classify(file) {
   }
 }
 
+async function sendFeedback(event) {
+  event.preventDefault();
+  if (!lastPredictionId) return;
+  const label = Number($("true-label").value);
+  const headers = { "Content-Type": "application/json" };
+  if (keyInput.value) headers["X-API-Key"] = keyInput.value;
+  const note = $("feedback-status");
+  note.textContent = "Sending…";
+  try {
+    const response = await fetch("/feedback", {
+      method: "POST",
+      headers,
+      body: JSON.stringify({ prediction_id: lastPredictionId, label }),
+    });
+    const payload = await response.json().catch(() => ({}));
+    note.textContent = response.ok
+      ? `Thanks: recorded as ${payload.true_label}.`
+      : payload.detail || `The server answered ${response.status}.`;
+  } catch (err) {
+    note.textContent = `Could not reach the server (${err}).`;
+  }
+}
+
+$("feedback").addEventListener("submit", sendFeedback);
 fileInput.addEventListener("change", () => classify(fileInput.files[0]));
 
 for (const type of ["dragenter", "dragover"]) {
@@ -91,5 +139,6 @@ fetch("/model")
   .then((r) => (r.ok ? r.json() : null))
   .then((m) => {
     if (m) $("model-line").textContent = `Serving ${m.name} version ${m.version}.`;
+    if (m && Array.isArray(m.class_names)) fillLabelChoices(m.class_names);
   })
   .catch(() => {});

@@ -1,0 +1,66 @@
+"""The train-flow's monitoring step: reference profile, low-confidence threshold and model card
+for the candidate version (:mod:`src.monitoring.versioning` does the work).
+
+Runs after the gate and before promotion, so a version is never Production without them. A
+failure here is logged and does not block the candidate: the version then serves without a
+low-confidence flag or card, and the monitor says it has no reference to compare with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from src import registry
+from src.config import AppConfig
+from src.monitoring import versioning
+from src.monitoring.card import build_card
+
+
+@task(name="monitoring-profile-and-card", cache_policy=NO_CACHE, persist_result=False)
+def describe_version_task(
+    prepared: Any, trained: Any, evaluation: Any, version: str, outcome: Any, cfg: AppConfig
+) -> dict[str, Any]:
+    """``prepared``/``trained``/``evaluation``/``outcome``: what the train-flow's earlier tasks
+    returned (data, training run, test predictions, gate outcome)."""
+    logger = get_run_logger()
+    client = registry.get_client(cfg.tracking_uri)
+    try:
+        profile = versioning.validation_profile(cfg, trained.model_uri, prepared.dataset_path)
+        with np.load(prepared.dataset_path) as data:
+            y_true = np.asarray(data["y_test"], dtype=np.int64)
+        inputs = versioning.card_inputs(
+            cfg,
+            client,
+            version=version,
+            run_id=trained.run_id,
+            data_md5=prepared.data_md5,
+            split_hash=prepared.split_hash,
+            y_true=y_true,
+            y_pred=np.load(evaluation.predictions_path),
+            gate=outcome.decision,
+            profile=profile,
+        )
+        card = build_card(inputs)
+        versioning.attach_to_version(cfg, client, version, trained.run_id, profile, card)
+    except Exception as exc:
+        logger.warning(
+            "Monitoring profile/model card for v%s failed (%s: %s); the version serves without "
+            "a low-confidence threshold or card and cannot be monitored.",
+            version,
+            type(exc).__name__,
+            exc,
+        )
+        return {"ok": False, "error": str(exc)}
+    create_markdown_artifact(markdown=card, key="model-card", description=f"v{version}")
+    logger.info(
+        "v%s: low-confidence threshold %.4f (%.1f%% of validation answers flagged); card attached",
+        version,
+        profile.threshold.value,
+        100 * profile.low_confidence_share,
+    )
+    return {"ok": True, "threshold": profile.threshold.value}

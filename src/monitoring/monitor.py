@@ -1,0 +1,136 @@
+"""What one monitoring pass does, as plain functions (``flows/monitor_flow.py`` wraps them):
+find Production and its reference profile, read the window, decide, record the decision."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from src.config import AppConfig
+from src.monitoring.drift import DriftDecision
+from src.monitoring.profile import PROFILE_ARTIFACT, ReferenceProfile
+from src.monitoring.store import PredictionStore, store_url
+
+
+class MonitorError(RuntimeError):
+    """Monitoring cannot run; the message says why and what to do."""
+
+
+def production_reference(cfg: AppConfig) -> tuple[str, ReferenceProfile]:
+    """The Production version and the reference profile logged with it at training time."""
+    from src import registry
+
+    client = registry.get_client(cfg.tracking_uri)
+    name = cfg.mlflow.registered_model_name
+    version = registry.current_production(client, name)
+    if version is None:
+        raise MonitorError(
+            f"No Production version of {name!r} at {cfg.tracking_uri}: nothing to monitor; "
+            "run `make train` first."
+        )
+    if not version.run_id:
+        raise MonitorError(f"{name} v{version.version} has no training run to read its profile.")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(version.run_id, PROFILE_ARTIFACT, tmp)
+            payload = json.loads(Path(local).read_text())
+    except Exception as exc:
+        raise MonitorError(
+            f"{name} v{version.version} has no reference profile ({PROFILE_ARTIFACT} in run "
+            f"{version.run_id}): it was trained before monitoring existed; retrain it with "
+            "train-flow to monitor it."
+        ) from exc
+    profile = ReferenceProfile.from_dict(payload)
+    profile.model_version = str(version.version)
+    return str(version.version), profile
+
+
+def read_window(
+    cfg: AppConfig, model_version: str, now: float | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The version's logged answers of the last ``monitor.window_hours``, and their feedback."""
+    since = (now if now is not None else time.time()) - cfg.monitor.window_hours * 3600.0
+    store = PredictionStore(store_url(cfg))
+    try:
+        rows = store.recent_predictions(since, model_version=model_version)
+        labelled = [
+            row for row in store.labelled(since=since) if row["model_version"] == model_version
+        ]
+    finally:
+        store.close()
+    return rows, labelled
+
+
+def record_decision(cfg: AppConfig, decision: DriftDecision, mlflow_run_id: str | None) -> None:
+    """Store the decision beside the log, where the API's /metrics picks it up."""
+    store = PredictionStore(store_url(cfg))
+    try:
+        store.add_monitor_run(
+            model_version=decision.model_version,
+            drift_detected=decision.drift_detected if decision.status == "ok" else None,
+            drift_share=decision.drift_share if decision.status == "ok" else None,
+            n_predictions=decision.n_predictions,
+            status=decision.status,
+            mlflow_run_id=mlflow_run_id,
+        )
+    finally:
+        store.close()
+
+
+def log_to_mlflow(
+    cfg: AppConfig, decision: DriftDecision, report_dir: Path, tags: dict[str, str]
+) -> str:
+    """One run in ``monitor.experiment_name``: metrics, settings, the report folder."""
+    from src import registry
+
+    client = registry.get_client(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.monitor.experiment_name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(
+            cfg.monitor.experiment_name,
+            artifact_location=cfg.mlflow.resolved_artifact_location(cfg.paths.root),
+        )
+    )
+    run = client.create_run(
+        experiment_id,
+        run_name=f"monitor v{decision.model_version or '-'}",
+        tags={
+            "status": decision.status,
+            "model_version": str(decision.model_version),
+            "drift_detected": str(decision.drift_detected).lower(),
+            **tags,
+        },
+    )
+    run_id = run.info.run_id
+    try:
+        settings = cfg.monitor.model_dump(
+            include={
+                "window_hours",
+                "min_predictions",
+                "alpha",
+                "min_effect",
+                "drift_share_threshold",
+                "retrain_on_drift",
+            }
+        )
+        for key, value in settings.items():
+            client.log_param(run_id, key, value)
+        for key, value in decision.metrics().items():
+            client.log_metric(run_id, key, value)
+        client.log_dict(run_id, _jsonable(asdict(decision)), "decision.json")
+        client.log_artifacts(run_id, str(report_dir), "report")
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str, allow_nan=True).replace("NaN", "null"))

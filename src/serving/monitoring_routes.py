@@ -1,0 +1,139 @@
+"""``POST /feedback`` and ``GET /model/card``: the API's monitoring endpoints, in their own router
+(installed by :func:`src.monitoring.service.install_monitoring`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from src.labels import CLASS_NAMES
+from src.monitoring.card import MODEL_CARD_TAG
+
+if TYPE_CHECKING:
+    from src.monitoring.service import PredictionMonitor, ServedModel
+
+PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class FeedbackRequest(BaseModel):
+    prediction_id: str = Field(description="The `prediction_id` of an answer from /predict.")
+    label: str | int = Field(description="The true garment: a class name ('Shirt') or id (0-9).")
+
+
+class FeedbackAccepted(BaseModel):
+    status: str
+    prediction_id: str
+    true_label: str
+    true_class_id: int
+
+
+def class_id_of(label: str | int) -> int:
+    """A class name (any case) or id → the class id; ``ValueError`` with the choices otherwise."""
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(CLASS_NAMES):
+        return label
+    if isinstance(label, str):
+        text = label.strip()
+        if text.isdigit() and int(text) < len(CLASS_NAMES):
+            return int(text)
+        for index, name in enumerate(CLASS_NAMES):
+            if name.lower() == text.lower():
+                return index
+    raise ValueError(
+        f"Unknown label {label!r}: use one of {', '.join(CLASS_NAMES)} or a class id 0-9."
+    )
+
+
+def monitoring_router(
+    monitor: PredictionMonitor,
+    current_model: Callable[[], ServedModel | None],
+    require_api_key: Callable[..., Any],
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/feedback",
+        status_code=202,
+        response_model=FeedbackAccepted,
+        dependencies=[Depends(require_api_key)],
+        summary="Record the true garment for an answer (its `prediction_id`).",
+    )
+    async def post_feedback(body: FeedbackRequest) -> Response:
+        if not PREDICTION_ID.match(body.prediction_id):
+            raise HTTPException(
+                422, "prediction_id must be the 32-character id from a /predict answer."
+            )
+        try:
+            class_id = class_id_of(body.label)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        writer = monitor.writer
+        if writer is None:
+            raise HTTPException(
+                503,
+                "The prediction log is off (MONITOR_LOG_PREDICTIONS=false); feedback "
+                "cannot be matched to an answer.",
+            )
+        found = await anyio.to_thread.run_sync(_known_prediction, monitor, body.prediction_id)
+        if found is None:
+            raise HTTPException(503, "The prediction log is unavailable; retry later.")
+        if not found:
+            raise HTTPException(
+                404,
+                f"No answer with prediction_id {body.prediction_id} in the prediction log "
+                "(unknown, or removed by retention); send the id of a recent /predict answer.",
+            )
+        if not monitor.add_feedback(body.prediction_id, class_id):
+            raise HTTPException(503, "The prediction log is overloaded; retry in a moment.")
+        return JSONResponse(
+            {
+                "status": "recorded",
+                "prediction_id": body.prediction_id,
+                "true_label": CLASS_NAMES[class_id],
+                "true_class_id": class_id,
+            },
+            status_code=202,
+        )
+
+    @router.get(
+        "/model/card",
+        response_class=Response,
+        responses={200: {"content": {"text/markdown": {}}}, 404: {}, 503: {}},
+        summary="The served version's model card (markdown).",
+    )
+    async def model_card() -> Response:
+        model = current_model()
+        if model is None:
+            raise HTTPException(503, "No model is loaded yet; retry once /ready answers 200.")
+        card = model.tags.get(MODEL_CARD_TAG)
+        if not card:
+            raise HTTPException(
+                404,
+                f"Version {model.version} has no model card: cards are written by train-flow "
+                "for the versions it registers; promote a version trained with it.",
+            )
+        return Response(card, media_type="text/markdown; charset=utf-8")
+
+    return router
+
+
+def _known_prediction(monitor: PredictionMonitor, prediction_id: str) -> bool | None:
+    """Whether the log holds ``prediction_id`` (after writing what is queued); ``None`` if the
+    log cannot be read."""
+    writer = monitor.writer
+    if writer is None:
+        return None
+    writer.flush(timeout=5.0)
+    store = writer.store(timeout=5.0)
+    if store is None:
+        return None
+    try:
+        return store.has_prediction(prediction_id)
+    except Exception:
+        return None

@@ -1,0 +1,169 @@
+"""The prediction log store and writer: retention by age and rows, a bounded queue."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from src.monitoring.store import PredictionRecord, PredictionStore
+from src.monitoring.writer import PredictionLogWriter
+
+
+def _record(index: int, created_at: float) -> PredictionRecord:
+    return PredictionRecord(
+        prediction_id=f"{index:032x}",
+        created_at=created_at,
+        model_version="1",
+        class_id=index % 10,
+        label="x",
+        confidence=0.9,
+        margin=0.5,
+        low_confidence=False,
+        width=28,
+        height=28,
+        mode="L",
+        input_mean=0.3,
+        input_std=0.3,
+        inverted=False,
+    )
+
+
+def test_retention_removes_old_rows_and_keeps_the_newest(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    now = 1_000_000.0
+    day = 86400.0
+    # 5 rows 40 days old, 10 recent rows one second apart.
+    store.add_predictions([_record(i, now - 40 * day + i) for i in range(5)])
+    store.add_predictions([_record(100 + i, now - 100 + i) for i in range(10)])
+    store.add_feedback([(f"{0:032x}", 3, now - 40 * day), (f"{109:032x}", 4, now)])
+    deleted = store.apply_retention(max_age_s=30 * day, max_rows=6, now=now)
+    kept = [row["prediction_id"] for row in store.recent_predictions(0)]
+    assert deleted == 9
+    assert kept == [f"{100 + i:032x}" for i in range(4, 10)]  # the newest six
+    assert [row["prediction_id"] for row in store.labelled()] == [f"{109:032x}"]
+    store.close()
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    writer = PredictionLogWriter(
+        lambda: PredictionStore(url),
+        url_for_logs=url,
+        queue_size=3,
+        batch_size=10,
+        flush_interval_s=0.05,
+        retention_s=86400.0,
+        retention_max_rows=100,
+        stats_interval_s=0.1,
+    )
+    started = time.perf_counter()
+    accepted = [writer.put(_record(i, time.time())) for i in range(5)]  # thread not started
+    assert time.perf_counter() - started < 0.5
+    assert accepted == [True, True, True, False, False] and writer.stats.dropped == 2
+    writer.start()
+    assert writer.flush(timeout=10)
+    writer.close()
+    store = PredictionStore(url)
+    assert len(store.recent_predictions(0)) == 3 and writer.stats.written == 3
+    store.close()
+
+
+def test_labelled_feedback_exports_as_an_idx_dataset(tmp_path: Path) -> None:
+    from src.data.io import read_images, write_idx
+    from src.monitoring.feedback import export_feedback
+
+    store = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    pixels = np.arange(784, dtype=np.uint8).reshape(28, 28)
+    with_image = replace(_record(1, 100.0), image=pixels.tobytes())
+    store.add_predictions([with_image, _record(2, 101.0), _record(3, 102.0)])
+    store.add_feedback([(f"{1:032x}", 6, 200.0), (f"{2:032x}", 4, 201.0)])
+    base = tmp_path / "base"
+    write_idx(base, np.zeros((2, 28, 28), dtype=np.uint8), np.array([1, 2]))
+    result = export_feedback(store.labelled(), tmp_path / "out", merge_with=base)
+    store.close()
+    assert (result.labelled, result.with_images, result.total_images) == (2, 1, 3)
+    images, labels = read_images(tmp_path / "out")
+    assert labels.tolist() == [1, 2, 6] and np.array_equal(images[2], pixels)
+    lines = (tmp_path / "out" / "feedback.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[1].startswith(f"{1:032x},") and ",Shirt," in lines[1]
+
+
+def _writer(factory: Any, queue_size: int = 100) -> PredictionLogWriter:
+    return PredictionLogWriter(
+        factory,
+        url_for_logs="postgresql://monitor:s3cret-pw@db.invalid/log",
+        queue_size=queue_size,
+        batch_size=10,
+        flush_interval_s=0.02,
+        retention_s=86400.0,
+        retention_max_rows=100,
+        stats_interval_s=60.0,
+    )
+
+
+def test_a_failed_write_is_retried_without_losing_rows(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+
+    class FlakyStore(PredictionStore):
+        failures = 2
+
+        def add_predictions(self, records: Any) -> None:
+            if FlakyStore.failures:
+                FlakyStore.failures -= 1
+                raise OSError("database is restarting")
+            super().add_predictions(records)
+
+    writer = _writer(lambda: FlakyStore(url))
+    writer.start()
+    for i in range(5):
+        writer.put(_record(i, time.time()))
+    assert writer.flush(timeout=30)
+    writer.close()
+    assert writer.stats.write_errors == 2 and writer.stats.written == 5
+    assert writer.stats.dropped == 0
+    store = PredictionStore(url)
+    assert len(store.recent_predictions(0)) == 5
+    store.close()
+
+
+def test_an_unreachable_store_never_blocks_and_shutdown_is_prompt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def unreachable() -> PredictionStore:
+        raise OSError("connection refused")
+
+    writer = _writer(unreachable, queue_size=50)
+    writer.start()
+    for i in range(30):
+        assert writer.put(_record(i, time.time()))
+    started = time.monotonic()
+    writer.close(timeout=10)
+    assert time.monotonic() - started < 5
+    assert writer.stats.dropped == 30 and writer.stats.write_errors >= 1
+    assert writer.flush(timeout=1)
+    # The store's password never reaches the log.
+    logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
+    assert "s3cret-pw" not in logged and "monitor:***@db.invalid" in logged
+
+
+def test_a_trickle_of_answers_is_written_in_few_batches(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    writer = _writer(lambda: PredictionStore(url))
+    writer._flush_interval_s = 0.5  # collect for half a second per write
+    writer.start()
+    writer.store()
+    for i in range(20):  # one answer every 10 ms: 0.2 s in all
+        writer.put(_record(i, time.time()))
+        time.sleep(0.01)
+    time.sleep(0.8)
+    assert writer.stats.written == 20 and writer.stats.batches <= 2
+    # flush() does not wait out the interval.
+    writer.put(_record(99, time.time()))
+    started = time.monotonic()
+    assert writer.flush(timeout=5) and time.monotonic() - started < 0.4
+    writer.close()
