@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from src import registry
 from src.model_io import load_classifier
-from tests.flows.conftest import TinyStore
+from tests.flows.conftest import PrefectServer, TinyStore, project_env
 
 _names = itertools.count()
 
@@ -455,3 +459,77 @@ def test_cli_rollback_and_history(tiny_store: TinyStore, tmp_path: Any) -> None:
     last = shown.stdout.strip().splitlines()[-1]
     assert "rollback" in last and "user carol: bad answers on boots" in last
     assert last.split()[2:4] == [v2, v1]
+
+
+# --- three real flows at once -----------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_three_train_flows_at_once_end_with_one_production(
+    prefect_server: PrefectServer, tmp_path: Path, tiny_store: TinyStore
+) -> None:
+    """Three flow processes on one sqlite registry and one Prefect server, released together
+    after registering: exactly one Production at the end, the alias on it, and every
+    promotion's gate compared the candidate with the very version it replaced."""
+    root = tmp_path / "project"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    dataset = tmp_path / "splits.npz"
+    np.savez(
+        dataset,
+        x_test=rng.integers(0, 256, size=(300, 28, 28), dtype=np.uint8),
+        y_test=rng.integers(0, 10, size=300),
+    )
+    env = {
+        **prefect_server.env,
+        **project_env(root, tmp_path),
+        "GATE_MIN_ACCURACY": "0",
+        "GATE_MIN_MACRO_F1": "0",
+        "PROFILE": "",
+    }
+    client = registry.get_client(f"sqlite:///{root}/mlflow.db")
+    client.search_experiments()  # create the schema once: MLflow's migrations do not race well
+    barrier = str(tmp_path / "barrier")
+    started = time.monotonic()
+    runners = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.flows.race_flow", str(dataset), str(seed), barrier, "3"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for seed in range(3)
+    ]
+    outputs = [runner.communicate(timeout=540)[0] for runner in runners]
+    for runner, output in zip(runners, outputs, strict=True):
+        assert runner.returncode == 0, output[-4000:]
+    results = [
+        json.loads(line[len("RESULT ") :])
+        for output in outputs
+        for line in output.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    assert len(results) == 3
+    print(f"three race flows took {time.monotonic() - started:.0f} s")
+    name = "clothing-classifier"
+    promoted = [r for r in results if r["promoted"]]
+    history = [c for c in registry.production_history(client, name) if c.action == "promotion"]
+    assert len(history) == len(promoted) >= 1
+    # Each promotion replaced the Production its (final) gate compared with, in one chain.
+    previous = None
+    for change in history:
+        assert change.from_version == previous
+        [result] = [r for r in promoted if r["version"] == change.to_version]
+        assert result["champion_version"] == change.from_version
+        assert change.by.startswith("flow run ")
+        details = json.loads(client.get_model_version(name, change.to_version).tags["gate_details"])
+        assert details["champion_version"] == change.from_version
+        previous = change.to_version
+    _assert_one_production(client, name, previous)
+    # All three gated against "no Production" (the barrier); whoever promoted after the first
+    # was gated again, against the version it replaced.
+    assert all(r["gated_against"] is None for r in results)
+    for result in promoted:
+        assert result["regated"] == (result["champion_version"] is not None)
