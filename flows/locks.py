@@ -59,5 +59,6 @@ def promotion_lock(cfg: AppConfig) -> AbstractContextManager[None]:
 
 def data_lock(cfg: AppConfig) -> AbstractContextManager[None]:
     """Held while ``data/`` is swapped and split, so no run reads a half-swapped folder."""
-    path = cfg.paths.data.parent / f".{cfg.paths.data.name}.lock"
+    # data/ belongs to one checkout, and so does outputs/: the lock lives there.
+    path = cfg.paths.outputs / "locks" / "data.lock"
     return serialised(DATA_LIMIT, path, cfg.flow.lock_timeout_s, "a swap of data/")
