@@ -66,7 +66,7 @@ def test_deploy_script_registers_a_scheduled_deployment_from_config(
     api = prefect_server.api_url
     deployment = httpx.get(f"{api}/deployments/name/train-flow/nightly-test", timeout=10).json()
     assert deployment["work_pool_name"] == "script-pool"
-    assert deployment["concurrency_limit"] == 1
+    assert deployment["global_concurrency_limit"]["limit"] == 1  # one run at a time
     rollback = httpx.get(f"{api}/deployments/name/rollback-flow/manual", timeout=10).json()
     assert rollback["work_pool_name"] == "script-pool"
     assert deployment["parameters"]["params"]["profile"] == "smoke"
