@@ -20,10 +20,12 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
+from flows.rollback_flow import rollback_flow
 from flows.train_flow import TrainFlowParams, train_flow
 from src.config import PROJECT_ROOT, load_config
 
 ENTRYPOINT = "flows/train_flow.py:train_flow"
+ROLLBACK = "flows/rollback_flow.py:rollback_flow"
 
 
 def ensure_process_pool(name: str) -> None:
@@ -47,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     schedule = Cron(cfg.flow.schedule_cron, timezone=cfg.flow.schedule_timezone)
     name = cfg.flow.deployment_name
     if args.serve:
-        train_flow.serve(name=name, schedules=[schedule], parameters=parameters)
+        train_flow.serve(
+            name=name,
+            schedules=[schedule],
+            parameters=parameters,
+            global_limit=cfg.flow.concurrency_limit,
+        )
         return 0
     ensure_process_pool(cfg.flow.work_pool)
     # Code is loaded by the worker from this checkout (a set_working_directory pull step).
@@ -58,13 +65,22 @@ def main(argv: list[str] | None = None) -> int:
         schedules=[schedule],
         parameters=parameters,
         tags=["clothing-classifier", "training"],
+        concurrency_limit=cfg.flow.concurrency_limit,
+        print_next_steps=False,
+    )
+    rollback: Any = rollback_flow.from_source(source=str(PROJECT_ROOT), entrypoint=ROLLBACK)
+    rollback.deploy(
+        name="manual",
+        work_pool_name=cfg.flow.work_pool,
+        tags=["clothing-classifier", "registry"],
         print_next_steps=False,
     )
     print(
         f"Deployment train-flow/{name} ({deployment_id}): cron '{cfg.flow.schedule_cron}' "
         f"{cfg.flow.schedule_timezone}, work pool {cfg.flow.work_pool!r}.\n"
         f"Start a worker:  prefect worker start --pool {cfg.flow.work_pool}\n"
-        f"Run it now:      prefect deployment run train-flow/{name}"
+        f"Run it now:      prefect deployment run train-flow/{name}\n"
+        'Roll back:       prefect deployment run rollback-flow/manual --param reason="..."'
     )
     return 0
 

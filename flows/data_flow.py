@@ -14,6 +14,9 @@ A cached result is only reused while the files it points to still exist (and, fo
 folder, still have their md5s); otherwise the task runs again (``refresh_cache``). Only the
 download task retries, and only on :class:`~src.data.sources.TransientDownloadError`.
 
+Concurrent runs share ``data/``: versioning (which swaps its files) and the split that reads them
+run under :func:`flows.locks.data_lock`, one run at a time.
+
 ``python -m flows.data_flow`` runs it once with the configured source (``DATA_SOURCE``).
 """
 
@@ -31,6 +34,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
+from flows.locks import data_lock
 from src.config import AppConfig, load_config
 from src.data.io import read_table
 from src.data.sources import (
@@ -234,11 +238,13 @@ def data_flow(cfg: AppConfig | None = None) -> PreparedData:
     validate_task.with_options(result_storage=results, refresh_cache=not report_path.is_file())(
         cfg, fetched.folder, data_md5
     )
-    version = version_task(cfg, fetched.folder)
-    dataset = cfg.paths.outputs / "prepared" / version.md5 / DATASET_FILE
-    prepared = split_task.with_options(result_storage=results, refresh_cache=not dataset.is_file())(
-        cfg, version.data_dir, version.md5
-    )
+    # Another run may be swapping data/ to other files: swap and split read it one at a time.
+    with data_lock(cfg):
+        version = version_task(cfg, fetched.folder)
+        dataset = cfg.paths.outputs / "prepared" / version.md5 / DATASET_FILE
+        prepared = split_task.with_options(
+            result_storage=results, refresh_cache=not dataset.is_file()
+        )(cfg, version.data_dir, version.md5)
     logger.info(
         "data-flow done: data md5 %s, split hash %s", prepared.data_md5, prepared.split_hash
     )

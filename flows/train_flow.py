@@ -111,7 +111,7 @@ def train_flow(params: TrainFlowParams | None = None) -> dict[str, Any]:
     version = register_task(prepared, trained, evaluation, cfg)
     outcome = gate_task(prepared, trained, evaluation, version, cfg)
     describe_version_task(prepared, trained, evaluation, version, outcome, cfg)  # monitoring
-    promotion = promote_task(version, outcome, cfg)
+    promotion = promote_task(prepared, trained, evaluation, version, outcome, cfg)
     return {
         "profile": cfg.profile,
         "tracking_uri": cfg.tracking_uri,
@@ -124,9 +124,11 @@ def train_flow(params: TrainFlowParams | None = None) -> dict[str, Any]:
         "test_accuracy": evaluation.accuracy,
         "test_macro_f1": evaluation.macro_f1,
         "per_class_f1": evaluation.per_class_f1,
-        "gate_passed": outcome.decision.passed,
-        "gate_reasons": outcome.decision.reasons,
-        "champion_version": outcome.champion_version,
+        # After a re-gate (Production moved during training) these are the second verdict's.
+        "gate_passed": promotion["gate_passed"],
+        "gate_reasons": promotion["gate_reasons"],
+        "champion_version": promotion["champion_version"],
+        "regated": promotion["regated"],
         "promoted": promotion["promoted"],
         "production_before": production_before,
         "production_version": promotion["production_version"],

@@ -5,6 +5,10 @@ The work is done by plain functions in ``src/`` (training, evaluation, :mod:`src
 ties the steps together. None of them retries: a failed training run, a failed evaluation or a
 refused promotion is not transient, and retrying would only hide it (the registry steps are
 repaired by ``reconcile_production`` at the start of the next run instead).
+
+Concurrent runs: reconcile and promotion hold :func:`flows.locks.promotion_lock`; the promotion
+is a compare-and-swap against the Production version the gate compared with, and when another
+run promoted in between, the candidate is gated again against the new Production first.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.locks import promotion_lock
 from src import registry
 from src.config import AppConfig
 from src.gate import GateDecision, evaluate_gate
@@ -106,7 +111,10 @@ def reconcile_task(cfg: AppConfig) -> str | None:
     """Repair alias/stage drift left by a crashed run; return the Production version."""
     logger = get_run_logger()
     client = registry.get_client(cfg.tracking_uri)
-    report = registry.reconcile_production(client, cfg.mlflow.registered_model_name)
+    with promotion_lock(cfg):
+        report = registry.reconcile_production(
+            client, cfg.mlflow.registered_model_name, actor=flow_actor()
+        )
     for action in report.actions:
         logger.warning("Registry repaired: %s", action)
     logger.info("Production before this run: %s", report.production_version or "none")
@@ -222,19 +230,68 @@ def champion_predictions(
     prepared: PreparedLike,
     n_test: int,
 ) -> tuple[np.ndarray, str]:
-    """Production's predictions on the candidate's test split: reused from its run when it was
-    scored on the same split hash, otherwise re-scored from the registry."""
-    if champion.tags.get("split_hash") == prepared.split_hash and champion.run_id:
+    """Production's predictions on the candidate's test split: reused from its run only when it
+    was scored on the same data (md5) *and* the same split (hash), otherwise re-scored from the
+    registry. The split hash alone does not do: a pixel-only data fix keeps it."""
+    same_data = champion.tags.get("data_md5") == prepared.data_md5
+    if same_data and champion.tags.get("split_hash") == prepared.split_hash and champion.run_id:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 local = client.download_artifacts(champion.run_id, PREDICTIONS_ARTIFACT, tmp)
                 stored = np.load(local)
             if len(stored) == n_test:
-                return stored.astype(np.int64), "stored predictions (same split hash)"
+                return stored.astype(np.int64), "stored predictions (same data md5 and split hash)"
         except (MlflowException, OSError, ValueError):
             pass
     _, predictions = score_model(f"models:/{name}/{champion.version}", prepared.dataset_path)
     return predictions, "re-scored on this run's test split"
+
+
+def decide(
+    client: Any,
+    prepared: PreparedLike,
+    evaluation: Evaluation,
+    candidate_version: str,
+    cfg: AppConfig,
+    champion: ModelVersion | None,
+) -> GateOutcome:
+    """Floors, then the comparison with ``champion`` (Production) on the same test split."""
+    name = cfg.mlflow.registered_model_name
+    y_true = load_test_labels(prepared.dataset_path)
+    candidate = np.load(evaluation.predictions_path)
+    champion_pred: np.ndarray | None = None
+    champion_version = champion_source = None
+    if champion is not None and str(champion.version) != candidate_version:
+        champion_version = str(champion.version)
+        champion_pred, champion_source = champion_predictions(
+            client, champion, name, prepared, len(y_true)
+        )
+        get_run_logger().info("Production v%s: %s", champion_version, champion_source)
+    decision = evaluate_gate(
+        y_true, candidate, cfg.gate, champion_pred=champion_pred, champion_version=champion_version
+    )
+    decision.details.update(
+        candidate_version=candidate_version,
+        champion_predictions=champion_source,
+        split_hash=prepared.split_hash,
+        data_md5=prepared.data_md5,
+    )
+    return GateOutcome(decision, champion_version, champion_source)
+
+
+def publish_gate(
+    client: Any, run_id: str, outcome: GateOutcome, cfg: AppConfig, version: str
+) -> None:
+    """The decision as ``gate/decision.json`` in the run and a Prefect artifact."""
+    decision = outcome.decision
+    client.log_dict(run_id, _jsonable(asdict(decision)), "gate/decision.json")
+    create_markdown_artifact(
+        markdown=gate_markdown(decision, cfg.mlflow.registered_model_name, version),
+        key="gate-decision",
+        description=decision.summary()[:200],
+    )
+    logger = get_run_logger()
+    (logger.info if decision.passed else logger.warning)("Gate %s", decision.summary())
 
 
 @task(name="gate", cache_policy=NO_CACHE, persist_result=False)
@@ -246,53 +303,75 @@ def gate_task(
     cfg: AppConfig,
 ) -> GateOutcome:
     """Floors, then the comparison with Production on the same test split."""
-    logger = get_run_logger()
     _use_tracking(cfg)
-    name = cfg.mlflow.registered_model_name
     client = registry.get_client(cfg.tracking_uri)
-    y_true = load_test_labels(prepared.dataset_path)
-    candidate = np.load(evaluation.predictions_path)
-    champion = registry.current_production(client, name)
-    champion_pred: np.ndarray | None = None
-    champion_version = champion_source = None
-    if champion is not None and str(champion.version) != candidate_version:
-        champion_version = str(champion.version)
-        champion_pred, champion_source = champion_predictions(
-            client, champion, name, prepared, len(y_true)
-        )
-        logger.info("Production v%s: %s", champion_version, champion_source)
-    decision = evaluate_gate(
-        y_true, candidate, cfg.gate, champion_pred=champion_pred, champion_version=champion_version
-    )
-    decision.details.update(
-        candidate_version=candidate_version,
-        champion_predictions=champion_source,
-        split_hash=prepared.split_hash,
-        data_md5=prepared.data_md5,
-    )
-    client.log_dict(trained.run_id, _jsonable(asdict(decision)), "gate/decision.json")
-    create_markdown_artifact(
-        markdown=gate_markdown(decision, name, candidate_version),
-        key="gate-decision",
-        description=decision.summary()[:200],
-    )
-    (logger.info if decision.passed else logger.warning)("Gate %s", decision.summary())
-    return GateOutcome(decision, champion_version, champion_source)
+    champion = registry.current_production(client, cfg.mlflow.registered_model_name)
+    outcome = decide(client, prepared, evaluation, candidate_version, cfg, champion)
+    publish_gate(client, trained.run_id, outcome, cfg, candidate_version)
+    return outcome
+
+
+def flow_actor() -> str:
+    """Who changes Production from a flow: ``flow run <name> (<id>)``."""
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        return f"flow run {flow_run.name} ({flow_run.id})"
+    return registry.default_actor()
 
 
 @task(name="promote", cache_policy=NO_CACHE, persist_result=False)
-def promote_task(candidate_version: str, outcome: GateOutcome, cfg: AppConfig) -> dict[str, Any]:
-    """Tag the verdict on the version; a passing one becomes Production (alias + stage)."""
+def promote_task(
+    prepared: PreparedLike,
+    trained: TrainResultLike,
+    evaluation: Evaluation,
+    candidate_version: str,
+    outcome: GateOutcome,
+    cfg: AppConfig,
+) -> dict[str, Any]:
+    """Tag the verdict on the version; a passing one becomes Production (alias + stage).
+
+    Holding the promotion lock, Production is read again: when it is no longer the version the
+    gate compared with (another run promoted meanwhile), the candidate is gated again against
+    the new Production, so every promotion is decided against the version it replaces."""
     name = cfg.mlflow.registered_model_name
     client = registry.get_client(cfg.tracking_uri)
-    result = registry.promote_candidate(
-        client,
-        name,
-        candidate_version,
-        passed=outcome.decision.passed,
-        reasons=outcome.decision.reasons,
-        details=outcome.decision.details,
-    )
+    regated = False
+    with promotion_lock(cfg):
+        now = registry.current_production(client, name)
+        if (str(now.version) if now is not None else None) != outcome.champion_version:
+            get_run_logger().warning(
+                "Production moved from v%s to v%s since the gate; gating v%s again against it",
+                outcome.champion_version or "-",
+                now.version if now is not None else "-",
+                candidate_version,
+            )
+            _use_tracking(cfg)
+            outcome = decide(client, prepared, evaluation, candidate_version, cfg, now)
+            publish_gate(client, trained.run_id, outcome, cfg, candidate_version)
+            regated = True
+        result = registry.promote_candidate(
+            client,
+            name,
+            candidate_version,
+            passed=outcome.decision.passed,
+            reasons=outcome.decision.reasons,
+            details=outcome.decision.details,
+            expected_production=outcome.champion_version,
+            check_expected=True,
+            actor=flow_actor(),
+        )
+    _publish_promotion(result, name)
+    return {
+        **asdict(result),
+        "regated": regated,
+        "champion_version": outcome.champion_version,
+        "gate_passed": outcome.decision.passed,
+        "gate_reasons": outcome.decision.reasons,
+    }
+
+
+def _publish_promotion(result: registry.PromotionResult, name: str) -> None:
     create_markdown_artifact(
         markdown=(
             f"## Promotion: {name}\n\n{result.summary()}\n\n"
@@ -306,7 +385,6 @@ def promote_task(candidate_version: str, outcome: GateOutcome, cfg: AppConfig) -
         description=result.summary(),
     )
     get_run_logger().info(result.summary())
-    return asdict(result)
 
 
 def gate_markdown(decision: GateDecision, name: str, version: str) -> str:

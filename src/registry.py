@@ -18,21 +18,36 @@ alias ahead of the stage. :func:`reconcile_production` repairs the latter: the a
 put in stage Production and every other Production version is archived; with no alias, the newest
 ``passed`` version in stage Production gets it. The train-flow calls it before anything else, so
 after any sequence of runs exactly one version is in Production and the alias points at it.
+
+Concurrency: every change of Production (promotion, rollback, repair) must run while holding the
+registry lock (:func:`registry_lock`, plus Prefect's global concurrency limit in the flows), and
+a promotion is a compare-and-swap: :func:`promote_candidate` with ``expected_production`` refuses
+(:class:`ChampionMoved`) when Production is no longer the version the gate compared against, so
+the caller re-gates against the new one. Each change is recorded in the registered model's tags
+(``production_history.NNNNNN``: when, by whom, from, to, why); ``python -m src.registry history``
+shows them.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import hashlib
 import json
+import os
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from src.locking import file_lock
 
 PRODUCTION_STAGE = "Production"
 ARCHIVED_STAGE = "Archived"
@@ -43,10 +58,36 @@ DETAILS_TAG = "gate_details"
 PENDING, PASSED, FAILED = "pending", "passed", "failed"
 # MLflow caps tag values at 5000 characters (8000 on newer stores); stay under the smaller.
 MAX_TAG_CHARS = 5000
+HISTORY_PREFIX = "production_history."
+PROMOTION, ROLLBACK, REPAIR = "promotion", "rollback", "repair"
 
 
 class RegistryError(RuntimeError):
     """The registry refused an operation; the message says what to do."""
+
+
+class ChampionMoved(RegistryError):
+    """Production is no longer the version the gate compared the candidate with."""
+
+    def __init__(self, expected: str | None, actual: str | None) -> None:
+        super().__init__(
+            f"Production moved from v{expected or '-'} to v{actual or '-'} after the gate "
+            f"compared the candidate with v{expected or '-'}; re-run the gate against "
+            f"v{actual or '-'} before promoting."
+        )
+        self.expected, self.actual = expected, actual
+
+
+@dataclass(frozen=True)
+class ProductionChange:
+    """One change of the Production version, as kept in the registered model's tags."""
+
+    at: str  # ISO 8601, UTC
+    by: str  # "flow run <name> (<id>)" or "user <login>"
+    action: str  # promotion | rollback | repair
+    from_version: str | None
+    to_version: str | None
+    reason: str
 
 
 @dataclass
@@ -225,17 +266,46 @@ def promote(client: MlflowClient, name: str, version: str) -> ModelVersion:
     return client.get_model_version(name, version)
 
 
-def reconcile_production(client: MlflowClient, name: str) -> ReconcileReport:
+def reconcile_production(
+    client: MlflowClient, name: str, *, actor: str | None = None
+) -> ReconcileReport:
     """Repair drift between the alias and the stage so that exactly one version is in Production
-    and the alias points at it. Safe to call at any time; does nothing when all is well."""
+    and the alias points at it. Safe to call at any time; does nothing when all is well.
+
+    Call it holding the registry lock: a promotion landing between its reads and its writes is
+    what the lock excludes. As a second line of defence the pass repeats when the alias moved
+    while it ran, so it never leaves the alias on a version it has just archived.
+    """
     report = ReconcileReport(production_version=None)
     if not _registered_model_exists(client, name):
         return report
+    alias_before = _alias_version(client, name)
+    for _ in range(3):
+        target = _reconcile_pass(client, name, report)
+        if target is None:
+            return report
+        after = _alias_version(client, name)
+        if after is not None and str(after.version) == target:
+            break
+    if report.actions:
+        record_change(
+            client,
+            name,
+            action=REPAIR,
+            from_version=str(alias_before.version) if alias_before is not None else None,
+            to_version=report.production_version,
+            reason="; ".join(report.actions),
+            actor=actor,
+        )
+    return report
+
+
+def _reconcile_pass(client: MlflowClient, name: str, report: ReconcileReport) -> str | None:
     target = _alias_version(client, name)
     in_stage = _production_stage_versions(client, name)
     if target is None:
         if not in_stage:
-            return report  # nothing promoted yet
+            return None  # nothing promoted yet
         passed = [mv for mv in in_stage if mv.tags.get(STATUS_TAG) == PASSED]
         target = (passed or in_stage)[-1]
         client.set_registered_model_alias(name, PRODUCTION_ALIAS, target.version)
@@ -255,7 +325,7 @@ def reconcile_production(client: MlflowClient, name: str) -> ReconcileReport:
             if str(mv.version) != str(target.version):
                 client.transition_model_version_stage(name, mv.version, ARCHIVED_STAGE)
                 report.actions.append(f"version {mv.version} was also in Production: archived")
-    return report
+    return str(target.version)
 
 
 def promote_candidate(
@@ -266,13 +336,32 @@ def promote_candidate(
     passed: bool,
     reasons: list[str],
     details: Mapping[str, Any] | None = None,
+    expected_production: str | None = None,
+    check_expected: bool = False,
+    actor: str | None = None,
 ) -> PromotionResult:
-    """Record the gate's verdict on ``version`` and promote it when it passed."""
+    """Record the gate's verdict on ``version`` and promote it when it passed.
+
+    With ``check_expected`` this is a compare-and-swap: when Production is no longer
+    ``expected_production`` (the version the gate compared with) nothing is recorded and
+    :class:`ChampionMoved` is raised, so the caller re-gates against the new Production.
+    """
     previous = current_production(client, name)
     previous_version = str(previous.version) if previous is not None else None
+    if check_expected and previous_version != expected_production:
+        raise ChampionMoved(expected_production, previous_version)
     record_gate_decision(client, name, version, passed=passed, reasons=reasons, details=details)
     if passed:
         promote(client, name, version)
+        record_change(
+            client,
+            name,
+            action=PROMOTION,
+            from_version=previous_version,
+            to_version=str(version),
+            reason="gate passed: " + "; ".join(reasons),
+            actor=actor,
+        )
     production = current_production(client, name)
     return PromotionResult(
         version=str(version),
@@ -281,6 +370,137 @@ def promote_candidate(
         production_version=str(production.version) if production is not None else None,
         previous_production_version=previous_version,
         reasons=list(reasons),
+    )
+
+
+def rollback(
+    client: MlflowClient,
+    name: str,
+    *,
+    reason: str,
+    to: str | None = None,
+    actor: str | None = None,
+) -> ProductionChange:
+    """Move Production back to ``to`` (default: the version the current one replaced), with the
+    same checks as a promotion (only gate-passed versions) and a history entry."""
+    if not reason.strip():
+        raise RegistryError("A rollback needs a reason; pass --reason TEXT (it goes in history).")
+    current = current_production(client, name)
+    if current is None:
+        raise RegistryError(
+            f"Nothing of {name!r} is in Production, so there is nothing to roll back; "
+            "promote a version with `python -m src.registry promote VERSION`."
+        )
+    now = str(current.version)
+    target = str(to) if to is not None else _rollback_target(client, name, now)
+    if target == now:
+        raise RegistryError(f"Version {now} is already Production; choose another with --to.")
+    try:
+        client.get_model_version(name, target)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            raise RegistryError(
+                f"{name!r} has no version {target}; `python -m src.registry status` lists them."
+            ) from None
+        raise
+    promote(client, name, target)
+    return record_change(
+        client,
+        name,
+        action=ROLLBACK,
+        from_version=now,
+        to_version=target,
+        reason=reason.strip(),
+        actor=actor,
+    )
+
+
+def _rollback_target(client: MlflowClient, name: str, current: str) -> str:
+    # The version the current one replaced, by the history; else the newest older passed one.
+    for change in reversed(production_history(client, name)):
+        if change.to_version == current and change.from_version not in (None, current):
+            return str(change.from_version)
+    older = [
+        str(mv.version)
+        for mv in _all_versions(client, name)
+        if int(mv.version) < int(current) and mv.tags.get(STATUS_TAG) == PASSED
+    ]
+    if not older:
+        raise RegistryError(
+            f"No earlier gate-passed version of {name!r} to roll back to; pass --to VERSION."
+        )
+    return older[-1]
+
+
+def default_actor() -> str:
+    """Who is changing Production: ``$REGISTRY_ACTOR``, else the login name."""
+    actor = os.environ.get("REGISTRY_ACTOR")
+    if actor:
+        return actor
+    try:
+        return f"user {getpass.getuser()}"
+    except (OSError, KeyError):
+        return "user unknown"
+
+
+def record_change(
+    client: MlflowClient,
+    name: str,
+    *,
+    action: str,
+    from_version: str | None,
+    to_version: str | None,
+    reason: str,
+    actor: str | None = None,
+) -> ProductionChange:
+    """Append a change of Production to the history (a registered-model tag per change).
+
+    Numbered entries are safe because every writer holds the registry lock."""
+    change = ProductionChange(
+        at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        by=actor or default_actor(),
+        action=action,
+        from_version=from_version,
+        to_version=to_version,
+        reason=reason[:2000],
+    )
+    tags = client.get_registered_model(name).tags or {}
+    numbers = [int(k[len(HISTORY_PREFIX) :]) for k in tags if k.startswith(HISTORY_PREFIX)]
+    key = f"{HISTORY_PREFIX}{max(numbers, default=0) + 1:06d}"
+    client.set_registered_model_tag(name, key, _tag_value(asdict(change)))
+    return change
+
+
+def production_history(client: MlflowClient, name: str) -> list[ProductionChange]:
+    """Every recorded change of Production, oldest first."""
+    if not _registered_model_exists(client, name):
+        return []
+    tags = client.get_registered_model(name).tags or {}
+    entries = sorted((k, v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX))
+    changes = []
+    for _, value in entries:
+        try:
+            changes.append(ProductionChange(**json.loads(value)))
+        except (ValueError, TypeError):
+            continue  # a hand-edited or truncated entry: skip it rather than hide the rest
+    return changes
+
+
+def registry_lock_path(tracking_uri: str, fallback_dir: Path) -> Path:
+    """The lock file for the registry at ``tracking_uri``: beside a sqlite database (shared by
+    every checkout that uses it), else one per URI under ``fallback_dir``."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///") :] + ".lock")
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    return fallback_dir / f"registry-{digest}.lock"
+
+
+def registry_lock(
+    tracking_uri: str, fallback_dir: Path, timeout_s: float = 3600.0
+) -> AbstractContextManager[None]:
+    """The file lock every change of Production holds (see the module docstring)."""
+    return file_lock(
+        registry_lock_path(tracking_uri, fallback_dir), timeout_s, "a change of Production"
     )
 
 
@@ -314,30 +534,77 @@ def describe(client: MlflowClient, name: str) -> str:
     return "\n".join(lines)
 
 
+def format_history(changes: list[ProductionChange]) -> str:
+    """The history as a plain-text table (for the CLI)."""
+    if not changes:
+        return "No change of Production recorded yet."
+    lines = [f"{'when (UTC)':<29}  {'action':<9}  {'from':>4}  {'to':>4}  by / why"]
+    for c in changes:
+        lines.append(
+            f"{c.at:<29}  {c.action:<9}  {c.from_version or '-':>4}  {c.to_version or '-':>4}  "
+            f"{c.by}: {c.reason}"
+        )
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.registry", description="Inspect and change the Production model."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", help="list the versions, their stage and gate status")
+    commands.add_parser("reconcile", help="repair alias/stage drift left by a crash")
+    commands.add_parser("history", help="every change of Production: when, who, from, to, why")
+    promote_cmd = commands.add_parser("promote", help="make a gate-passed VERSION Production")
+    promote_cmd.add_argument("version")
+    promote_cmd.add_argument("--reason", default="promoted by hand")
+    back = commands.add_parser("rollback", help="move Production back (default: previous one)")
+    back.add_argument("--to", help="the version to go back to (default: the one it replaced)")
+    back.add_argument("--reason", required=True, help="why (kept in the history)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m src.registry [status|reconcile|promote VERSION]``."""
+    """``python -m src.registry status|reconcile|history|promote VERSION|rollback``."""
     from src.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m src.registry", description=main.__doc__)
-    parser.add_argument("command", choices=["status", "reconcile", "promote"])
-    parser.add_argument("version", nargs="?", help="version to promote (a rollback, say)")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     cfg = load_config()
     client = get_client(cfg.tracking_uri)
     name = cfg.mlflow.registered_model_name
-    if args.command == "reconcile":
-        report = reconcile_production(client, name)
-        print("\n".join(report.actions) or "Registry consistent; nothing to repair.")
-    elif args.command == "promote":
-        if not args.version:
-            parser.error("promote needs a VERSION, e.g. `python -m src.registry promote 3`")
-        try:
-            promote(client, name, args.version)
-        except RegistryError as exc:
-            print(exc)
-            return 1
+    if args.command == "history":
+        print(format_history(production_history(client, name)))
+        return 0
+    try:
+        with registry_lock(cfg.tracking_uri, cfg.paths.outputs / "locks"):
+            _change(client, name, args)
+    except (RegistryError, TimeoutError) as exc:
+        print(f"error: {exc}")
+        return 1
     print(describe(client, name))
     return 0
+
+
+def _change(client: MlflowClient, name: str, args: argparse.Namespace) -> None:
+    actor = default_actor()
+    if args.command == "reconcile":
+        report = reconcile_production(client, name, actor=actor)
+        print("\n".join(report.actions) or "Registry consistent; nothing to repair.")
+    elif args.command == "promote":
+        previous = current_production(client, name)
+        promote(client, name, args.version)
+        record_change(
+            client,
+            name,
+            action=PROMOTION,
+            from_version=str(previous.version) if previous is not None else None,
+            to_version=str(args.version),
+            reason=args.reason,
+            actor=actor,
+        )
+    elif args.command == "rollback":
+        change = rollback(client, name, to=args.to, reason=args.reason, actor=actor)
+        print(f"Rolled back Production from v{change.from_version} to v{change.to_version}.")
 
 
 if __name__ == "__main__":

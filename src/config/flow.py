@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class FlowConfig(BaseModel):
@@ -17,3 +17,8 @@ class FlowConfig(BaseModel):
     schedule_cron: str = "0 3 * * 1"
     schedule_timezone: str = "UTC"
     work_pool: str = "local-process"
+    # Runs of the train-flow deployment at once (Prefect deployment concurrency_limit); the
+    # promotion itself is serialised regardless, by a global concurrency limit and a file lock.
+    concurrency_limit: int = Field(default=1, ge=1)
+    # How long a flow waits for another flow's promotion or data swap before giving up.
+    lock_timeout_s: float = Field(default=3600.0, gt=0)

@@ -1,10 +1,11 @@
 """Deterministic 70/15/15 split, stratified by label, with duplicate images kept together.
 
-Identical on every run and machine: image groups come from ``np.unique`` over the raw pixel
-bytes (ordered by content, no ``hash()``), groups are ordered by their first row, and one
-``numpy.random.default_rng(seed)`` stream shuffles the groups of class 0, then 1, ... 9. Every copy
-of an image lands in the same part, so no image (nor a duplicate of it) is in two parts.
-The split hash is the sha256 of the three sorted index arrays (int64 little-endian).
+Identical on every run, machine and library version: image groups come from ``np.unique`` over
+the raw pixel bytes (exact, no ``hash()``), and within each class the groups are ordered by a
+keyed hash of their image's bytes, BLAKE2b keyed with the seed (ties, impossible in practice,
+by first row). NumPy's random streams, which NumPy does not promise to keep across versions, play
+no part. Every copy of an image lands in the same part, so no image (nor a duplicate of it) is in
+two parts. The split hash is the sha256 of the three sorted index arrays (int64 little-endian).
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def image_groups(images: np.ndarray) -> np.ndarray:
     return groups
 
 
+def keyed_image_hash(image: np.ndarray, seed: int) -> int:
+    """A 64-bit BLAKE2b of the image's bytes, keyed with ``seed``: the split order of an image."""
+    key = int(seed).to_bytes(8, "little", signed=True)
+    raw = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8, key=key).digest(), "little")
+
+
 def split_indices(
     images: np.ndarray,
     labels: np.ndarray,
@@ -91,12 +99,12 @@ def split_indices(
     np.minimum.at(first_row, groups, np.arange(len(groups)))
     group_size = np.bincount(groups, minlength=n_groups)
     group_label = labels[first_row] if n_groups else np.zeros(0, dtype=np.int64)
-    order = np.argsort(first_row, kind="stable")  # groups by first appearance
-    rng = np.random.default_rng(seed)
+    flat = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(groups), -1)
+    keyed = np.array([keyed_image_hash(flat[row], seed) for row in first_row], dtype=np.uint64)
+    order = np.lexsort((first_row, keyed))  # by keyed hash, ties by first row
     part_of_group = np.zeros(n_groups, dtype=np.int64)
     for label in np.unique(group_label):
         members = order[group_label[order] == label]
-        members = members[rng.permutation(len(members))]
         sizes = group_size[members]
         total = int(sizes.sum())
         bounds = np.round(np.cumsum(fractions)[:2] * total)

@@ -99,9 +99,33 @@ class Profile:
     stats: dict[str, Any]
 
 
+NUMERIC_KINDS = ("integer", "float")
+
+
+def column_kind(dtype: Any) -> str:
+    """``integer``, ``float``, ``boolean`` or ``text`` (anything else is named by its dtype)."""
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "integer"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+        return "text"
+    return str(dtype)
+
+
+def pixel_types(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per pixel column: its name and :func:`column_kind`."""
+    block = table.iloc[:, 1 : 1 + N_PIXELS]
+    return pd.DataFrame(
+        {"column": list(block.columns), "kind": [column_kind(d) for d in block.dtypes]}
+    )
+
+
 def _numeric_block(table: pd.DataFrame) -> np.ndarray:
     block = table.iloc[:, 1 : 1 + N_PIXELS]
-    if all(pd.api.types.is_numeric_dtype(d) for d in block.dtypes):
+    if all(column_kind(d) in NUMERIC_KINDS for d in block.dtypes):
         return block.to_numpy()
     # Non-numeric cells become NaN (and so count as nulls); io rejects such CSVs earlier.
     return block.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
@@ -179,6 +203,11 @@ def build_profile(table: pd.DataFrame) -> Profile:
         "duplicate_groups": int((np.bincount(codes) > 1).sum()) if n else 0,
         "conflicting_duplicate_rows": int(conflict.sum()),
         "class_counts": {int(c): int(k) for c, k in zip(classes["label"], counts, strict=True)},
+        "pixel_column_kinds": {
+            str(name): column_kind(dtype)
+            for name, dtype in table.iloc[:, 1 : 1 + N_PIXELS].dtypes.items()
+            if column_kind(dtype) not in NUMERIC_KINDS
+        },
     }
     return Profile(rows=rows, classes=classes, pixels=pixels, stats=stats)
 
@@ -196,6 +225,14 @@ def _suites(cfg: DataConfig) -> dict[str, Any]:
             name=f"{SUITE_NAME}-table",
             expectations=[
                 gxe.ExpectTableColumnsToMatchOrderedList(column_list=COLUMNS),
+            ],
+        ),
+        # Pixels are numbers: a boolean column would pass every range check as 0/1, and text
+        # would be coerced; both are refused by type, before any value is looked at.
+        "pixel_types": gx.ExpectationSuite(
+            name=f"{SUITE_NAME}-pixel-types",
+            expectations=[
+                gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(NUMERIC_KINDS)),
             ],
         ),
         "rows": gx.ExpectationSuite(
@@ -267,7 +304,7 @@ def _pixel_examples(profile: Profile, rows: list[int], kind: str) -> list[str]:
             bad = np.flatnonzero((values < 0) | (values > 255))
         if bad.size:
             col = int(bad[0])
-            out.append(f"row {row} pixel{col + 1}={values[col]:g}")
+            out.append(f"row {row} pixel{col + 1}={exact(profile.pixels[row][col])}")
         else:
             out.append(f"row {row}")
     return out
@@ -332,6 +369,9 @@ def _outcome(suite: str, res: Any, profile: Profile) -> ExpectationOutcome:
             examples = _pixel_examples(profile, indices, kind)
         elif column == "duplicate_label_conflict":
             examples = _duplicate_examples(profile, conflicting=True)
+        elif suite == "pixel_types":
+            observed = f"{count} pixel columns are not numbers (integer or float)"
+            examples = [f"column {name}: {kind}" for name, kind in _non_numeric(profile)]
         else:
             examples = [
                 f"row {i}: {column}={_fmt(v)}" for i, v in zip(indices, values, strict=False)
@@ -347,6 +387,19 @@ def _outcome(suite: str, res: Any, profile: Profile) -> ExpectationOutcome:
                 for r in bad.itertuples()
             ]
     return ExpectationOutcome(config.type, target, bool(res.success), observed, count, examples)
+
+
+def exact(value: Any) -> str:
+    """A pixel value as it is, never rounded: 256, -1, 12.5, 255.0000001, nan."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _non_numeric(profile: Profile) -> list[tuple[str, str]]:
+    kinds = profile.stats.get("pixel_column_kinds", {})
+    return [(name, kind) for name, kind in kinds.items() if kind not in NUMERIC_KINDS][:_EXAMPLES]
 
 
 def _fmt(value: Any) -> str:
@@ -414,7 +467,12 @@ def validate(
     profile = build_profile(table)
     # The column schema is a property of the header: GX checks it on a zero-row view of the raw
     # table (checking 785 columns x 60,000 rows costs GX ~3 s); the profile has one row per raw row.
-    frames = {"table": table.iloc[:0], "rows": profile.rows, "classes": profile.classes}
+    frames = {
+        "table": table.iloc[:0],
+        "pixel_types": pixel_types(table),
+        "rows": profile.rows,
+        "classes": profile.classes,
+    }
     gx_results = _run_gx(frames, cfg)
     outcomes = [
         _outcome(suite, res, profile)

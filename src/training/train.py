@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,13 +23,19 @@ import torch
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     ModelCheckpoint,
+    Timer,
     TQDMProgressBar,
     WeightAveraging,
 )
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from torch import Tensor
 
 from src.config import AppConfig
+from src.config.train import TrainConfig
 from src.evaluate import EvalResult, evaluate_classifier
 from src.labels import CLASS_NAMES, IMAGE_SIZE
 from src.model_io import Classifier, log_classifier
@@ -101,16 +110,78 @@ def git_commit(root: Path) -> str:
     return f"{commit}+dirty" if dirty else commit
 
 
-def ensure_experiment(cfg: AppConfig) -> str:
-    """Point MLflow at ``cfg.tracking_uri`` and return the experiment id (created with local artifacts)."""
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment_name)
+def ensure_experiment(client: MlflowClient, cfg: AppConfig) -> str:
+    """The id of ``cfg.mlflow.experiment_name`` (created with its artifact location if new)."""
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
     if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(
-        cfg.mlflow.experiment_name,
-        artifact_location=cfg.mlflow.resolved_artifact_location(cfg.paths.root),
-    )
+        return str(experiment.experiment_id)
+    try:
+        return str(
+            client.create_experiment(
+                cfg.mlflow.experiment_name,
+                artifact_location=cfg.mlflow.resolved_artifact_location(cfg.paths.root),
+            )
+        )
+    except MlflowException:  # created meanwhile by a concurrent run
+        experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+REPRODUCIBLE, TIME_FITTED = "reproducible", "time-fitted"
+
+
+def training_mode(tcfg: TrainConfig) -> str:
+    """``reproducible`` without a time budget (fixed schedule, no wall-clock cut, deterministic
+    algorithms), else ``time-fitted`` (epochs fitted to the budget, capped at max_epochs)."""
+    return REPRODUCIBLE if tcfg.time_budget_minutes is None else TIME_FITTED
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_params(tcfg: TrainConfig) -> dict[str, Any]:
+    """What the run's speed and numbers depend on besides the code and the data."""
+    cuda = torch.cuda.is_available() and tcfg.accelerator in ("auto", "gpu", "cuda")
+    return {
+        "machine_cpu": cpu_model(),
+        "machine_cpu_count": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "training_mode": training_mode(tcfg),
+        "deterministic": training_mode(tcfg) == REPRODUCIBLE,
+        "wall_clock_cut_minutes": (
+            tcfg.max_time_minutes if training_mode(tcfg) == TIME_FITTED else None
+        ),
+    }
+
+
+def stop_reason(
+    trainer: L.Trainer, module: FashionClassifier, early: EarlyStopping, max_epochs: int
+) -> str:
+    """Why fit ended, in words (logged as the run's ``stop_reason`` tag)."""
+    done = int(module.history[-1]["epoch"]) if module.history else trainer.current_epoch
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+    remaining = timer.time_remaining() if timer is not None else None
+    if early.stopped_epoch > 0:
+        return f"early stopping: no val_macro_f1 gain in {early.patience} epochs"
+    if remaining is not None and remaining <= 0:
+        return f"wall-clock limit max_time_minutes reached after {done} epochs"
+    if done < max_epochs and done >= module.planned_epochs:
+        return f"time budget: {module.planned_epochs} of max_epochs {max_epochs} fit"
+    if done >= max_epochs:
+        return f"max_epochs {max_epochs} reached"
+    return f"stopped after {done} epochs"
 
 
 def _resolve_resume(cfg: AppConfig, checkpoint_root: Path) -> str | None:
@@ -179,14 +250,59 @@ def export_onnx(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def train_model(prepared: PreparedLike, cfg: AppConfig) -> TrainResult:
+@dataclass
+class FitSetup:
+    """Everything a fit needs, built before the MLflow run starts."""
+
+    datamodule: FashionDataModule
+    module: FashionClassifier
+    checkpoint_root: Path
+    resume_from: str | None
+
+
+@dataclass
+class FitOutcome:
+    trainer: L.Trainer
+    checkpoint: ModelCheckpoint
+    fit_seconds: float
+    stop_reason: str
+
+
+def train_model(
+    prepared: PreparedLike, cfg: AppConfig, client: MlflowClient | None = None
+) -> TrainResult:
     """Train ``cfg.train`` on ``prepared.dataset_path``; log run, metrics, figures, pt2 + ONNX model.
 
     Does not register the model. Returns the run id, the model URI, the final metrics (of the
     best-by-validation-macro-F1 weights, fp32, evaluated as served) and the test predictions file.
+    ``client`` (default: one for ``cfg.tracking_uri``) receives everything; no global MLflow
+    setting is changed.
     """
+    client = client or MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    setup = prepare_fit(prepared, cfg)
+    run_id = start_run(client, cfg, prepared, setup)
+    try:
+        fit = fit_model(cfg, setup, run_id)
+        model, results, metrics = evaluate_best(client, run_id, prepared, setup, fit)
+        predictions_path = log_evaluation(client, run_id, cfg, prepared, setup.module, results)
+        model_uri, onnx_path = log_model(client, run_id, cfg, prepared, model, results["test"])
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return TrainResult(
+        run_id=run_id,
+        model_uri=model_uri,
+        metrics=metrics,
+        test_predictions_path=predictions_path,
+        best_checkpoint=_best_path(fit.checkpoint),
+        onnx_path=onnx_path,
+    )
+
+
+def prepare_fit(prepared: PreparedLike, cfg: AppConfig) -> FitSetup:
+    """Seed, pick deterministic algorithms in the reproducible mode, build data and module."""
     tcfg = cfg.train
-    dataset_path = Path(prepared.dataset_path)
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
@@ -195,9 +311,8 @@ def train_model(prepared: PreparedLike, cfg: AppConfig) -> TrainResult:
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     # Augmentation lives in the LightningModule's on_after_batch_transfer on purpose.
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
-
     datamodule = FashionDataModule(
-        dataset_path,
+        Path(prepared.dataset_path),
         batch_size=tcfg.batch_size,
         eval_batch_size=tcfg.eval_batch_size,
         limit_train_samples=tcfg.limit_train_samples,
@@ -206,150 +321,208 @@ def train_model(prepared: PreparedLike, cfg: AppConfig) -> TrainResult:
         seed=tcfg.seed,
     )
     datamodule.setup("fit")
-    module = FashionClassifier(tcfg)
-    experiment_id = ensure_experiment(cfg)
     checkpoint_root = cfg.paths.resolve(tcfg.checkpoint_dir)
-    ckpt_path = _resolve_resume(cfg, checkpoint_root)
-
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        run_id = run.info.run_id
-        mlflow.set_tags(
-            {
-                "git_commit": git_commit(cfg.paths.root),
-                "data_md5": getattr(prepared, "data_md5", ""),
-                "split_hash": getattr(prepared, "split_hash", ""),
-                "dataset_path": str(dataset_path),
-                "profile": cfg.profile,
-                "resumed_from": ckpt_path or "",
-                "mlflow.note.content": "Lightning ResNet on Fashion-MNIST (issue 3).",
-            }
-        )
-        mlflow.log_params(_params(cfg, prepared, module.model))
-        mlflow.log_params({f"n_{s}": len(datamodule.datasets[s]) for s in ("train", "val", "test")})
-        logger = MLFlowLogger(
-            experiment_name=cfg.mlflow.experiment_name,
-            tracking_uri=cfg.tracking_uri,
-            run_id=run_id,
-        )
-        checkpoint = ModelCheckpoint(
-            dirpath=checkpoint_root / run_id,
-            filename="best",
-            monitor=MONITOR,
-            mode="max",
-            save_last=True,
-            save_top_k=1,
-        )
-        callbacks: list[L.Callback] = [
-            checkpoint,
-            EarlyStopping(monitor=MONITOR, mode="max", patience=tcfg.early_stopping_patience),
-        ]
-        if tcfg.progress_bar:
-            callbacks.append(TQDMProgressBar(refresh_rate=20))
-        if tcfg.ema_decay > 0:
-            callbacks.append(WeightAveraging(multi_avg_fn=ema_update(tcfg.ema_decay)))
-        trainer = L.Trainer(
-            accelerator=tcfg.accelerator,
-            devices=tcfg.devices,
-            strategy=tcfg.strategy,
-            precision=tcfg.precision,  # type: ignore[arg-type]
-            max_epochs=tcfg.max_epochs,
-            max_time=timedelta(minutes=tcfg.max_time_minutes) if tcfg.max_time_minutes else None,
-            logger=logger,
-            callbacks=callbacks,
-            enable_progress_bar=tcfg.progress_bar,
-            enable_model_summary=tcfg.progress_bar,
-            num_sanity_val_steps=0,
-            check_val_every_n_epoch=tcfg.check_val_every_n_epoch,
-            log_every_n_steps=max(
-                1, min(50, len(datamodule.datasets["train"]) // tcfg.batch_size // 4)
-            ),
-            deterministic=False,
-            default_root_dir=str(checkpoint_root),
-        )
-        started = time.monotonic()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-        fit_seconds = time.monotonic() - started
-        # Lightning's logger marks the run finished at the end of fit; the rest still logs to it.
-
-        best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-        if best_path is not None and best_path.is_file():
-            best = torch.load(best_path, map_location="cpu", weights_only=False)
-            module.load_state_dict(best["state_dict"])
-        model = module.model.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
-        classifier = Classifier(module=model, class_names=list(CLASS_NAMES))
-
-        results: dict[str, EvalResult] = {}
-        for split in ("val", "test"):
-            results[split] = evaluate_classifier(classifier, dataset_path, split=split)
-        epochs_done = int(module.history[-1]["epoch"]) if module.history else trainer.current_epoch
-        images_seen = epochs_done * len(datamodule.datasets["train"])
-        metrics: dict[str, float] = {
-            **results["val"].metrics(),
-            **results["test"].metrics(),
-            "train_minutes": fit_seconds / 60.0,
-            # Fit time across resumed sessions (equals train_minutes without a resume).
-            "training_total_minutes": module.fit_elapsed_s / 60.0,
-            "epochs_completed": float(epochs_done),
-            "best_epoch": float(_best_epoch(module.history)),
-            "train_images_per_s": images_seen / max(fit_seconds, 1e-9),
-        }
-        mlflow.log_metrics(metrics, step=trainer.global_step + 1)
-
-        out_dir = Path(tempfile.mkdtemp(prefix="train-artifacts-"))
-        x_test, y_test = load_split(dataset_path, "test")
-        test = results["test"]
-        figures = [
-            plot_confusion_matrix(test.confusion, CLASS_NAMES, out_dir / "confusion_matrix.png"),
-            plot_learning_curves(module.history, out_dir / "learning_curves.png"),
-            plot_misclassified(
-                x_test,
-                y_test,
-                test.predictions,
-                test.probabilities,
-                CLASS_NAMES,
-                out_dir / "misclassified_test.png",
-            ),
-        ]
-        for figure in figures:
-            mlflow.log_artifact(str(figure), artifact_path="figures")
-        mlflow.log_text(results["val"].table() + "\n\n" + test.table(), "evaluation.txt")
-        mlflow.log_dict({"history": module.history}, "history.json")
-
-        predictions_dir = cfg.paths.outputs / "predictions"
-        predictions_dir.mkdir(parents=True, exist_ok=True)
-        predictions_path = predictions_dir / f"{run_id}_test_predictions.npy"
-        np.save(predictions_path, test.predictions)
-        mlflow.log_artifact(str(predictions_path), artifact_path="predictions")
-
-        example = normalize(x_test[:2]).numpy()
-        model_info = log_classifier(
-            model,
-            input_example=example,
-            metadata={
-                "model_preset": tcfg.model_preset,
-                "flip_tta": tcfg.flip_tta,
-                "test_accuracy": test.accuracy,
-                "test_macro_f1": test.macro_f1,
-                "data_md5": getattr(prepared, "data_md5", ""),
-                "split_hash": getattr(prepared, "split_hash", ""),
-            },
-        )
-        onnx_path: Path | None = None
-        try:
-            onnx_path = export_onnx(model, out_dir / "model.onnx")
-            mlflow.log_artifact(str(onnx_path), artifact_path="onnx")
-        except Exception as exc:  # ONNX is a convenience export; never lose the run over it.
-            log.warning("ONNX export failed (%s); the pt2 model is logged.", exc)
-            mlflow.set_tag("onnx_export_error", str(exc).splitlines()[0][:250])
-
-    return TrainResult(
-        run_id=run_id,
-        model_uri=model_info.model_uri,
-        metrics=metrics,
-        test_predictions_path=predictions_path,
-        best_checkpoint=best_path,
-        onnx_path=onnx_path,
+    return FitSetup(
+        datamodule=datamodule,
+        module=FashionClassifier(tcfg),
+        checkpoint_root=checkpoint_root,
+        resume_from=_resolve_resume(cfg, checkpoint_root),
     )
+
+
+def start_run(client: MlflowClient, cfg: AppConfig, prepared: PreparedLike, setup: FitSetup) -> str:
+    """Create the MLflow run with its tags and parameters (the machine included)."""
+    experiment_id = ensure_experiment(client, cfg)
+    tags = {
+        "git_commit": git_commit(cfg.paths.root),
+        "data_md5": getattr(prepared, "data_md5", ""),
+        "split_hash": getattr(prepared, "split_hash", ""),
+        "dataset_path": str(prepared.dataset_path),
+        "profile": cfg.profile,
+        "training_mode": training_mode(cfg.train),
+        "resumed_from": setup.resume_from or "",
+        "mlflow.note.content": "Lightning ResNet on Fashion-MNIST; see the project README.",
+    }
+    run_id = str(client.create_run(experiment_id, tags=tags).info.run_id)
+    params = {
+        **_params(cfg, prepared, setup.module.model),
+        **machine_params(cfg.train),
+        **{f"n_{s}": len(setup.datamodule.datasets[s]) for s in ("train", "val", "test")},
+    }
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run_id
+
+
+def fit_model(cfg: AppConfig, setup: FitSetup, run_id: str) -> FitOutcome:
+    """Lightning fit with checkpoints, early stopping and, in the time-fitted mode only, the
+    wall-clock cut; returns why it stopped."""
+    tcfg = cfg.train
+    reproducible = training_mode(tcfg) == REPRODUCIBLE
+    checkpoint = ModelCheckpoint(
+        dirpath=setup.checkpoint_root / run_id,
+        filename="best",
+        monitor=MONITOR,
+        mode="max",
+        save_last=True,
+        save_top_k=1,
+    )
+    early = EarlyStopping(monitor=MONITOR, mode="max", patience=tcfg.early_stopping_patience)
+    callbacks: list[L.Callback] = [checkpoint, early]
+    if tcfg.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=20))
+    if tcfg.ema_decay > 0:
+        callbacks.append(WeightAveraging(multi_avg_fn=ema_update(tcfg.ema_decay)))
+    max_time = None
+    if tcfg.max_time_minutes and not reproducible:
+        max_time = timedelta(minutes=tcfg.max_time_minutes)
+    trainer = L.Trainer(
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        strategy=tcfg.strategy,
+        precision=tcfg.precision,  # type: ignore[arg-type]
+        max_epochs=tcfg.max_epochs,
+        max_time=max_time,
+        logger=MLFlowLogger(tracking_uri=cfg.tracking_uri, run_id=run_id),
+        callbacks=callbacks,
+        enable_progress_bar=tcfg.progress_bar,
+        enable_model_summary=tcfg.progress_bar,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=tcfg.check_val_every_n_epoch,
+        log_every_n_steps=max(
+            1, min(50, len(setup.datamodule.datasets["train"]) // tcfg.batch_size // 4)
+        ),
+        # "warn": deterministic kernels where torch has them, a warning where it has none.
+        deterministic="warn" if reproducible else False,
+        default_root_dir=str(setup.checkpoint_root),
+    )
+    started = time.monotonic()
+    trainer.fit(
+        setup.module,
+        datamodule=setup.datamodule,
+        ckpt_path=setup.resume_from,
+        weights_only=False,
+    )
+    seconds = time.monotonic() - started
+    reason = stop_reason(trainer, setup.module, early, tcfg.max_epochs)
+    return FitOutcome(trainer, checkpoint, seconds, reason)
+
+
+def evaluate_best(
+    client: MlflowClient,
+    run_id: str,
+    prepared: PreparedLike,
+    setup: FitSetup,
+    fit: FitOutcome,
+) -> tuple[torch.nn.Module, dict[str, EvalResult], dict[str, float]]:
+    """Reload the best checkpoint, score it as served on val and test, log the metrics."""
+    module = setup.module
+    best_path = _best_path(fit.checkpoint)
+    if best_path is not None:
+        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(best["state_dict"])
+    model = module.model.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
+    classifier = Classifier(module=model, class_names=list(CLASS_NAMES))
+    results = {
+        split: evaluate_classifier(classifier, Path(prepared.dataset_path), split=split)
+        for split in ("val", "test")
+    }
+    epochs_done = int(module.history[-1]["epoch"]) if module.history else 0
+    images_seen = epochs_done * len(setup.datamodule.datasets["train"])
+    metrics: dict[str, float] = {
+        **results["val"].metrics(),
+        **results["test"].metrics(),
+        "train_minutes": fit.fit_seconds / 60.0,
+        # Fit time across resumed sessions (equals train_minutes without a resume).
+        "training_total_minutes": module.fit_elapsed_s / 60.0,
+        "epochs_completed": float(epochs_done),
+        "planned_epochs": float(module.planned_epochs),
+        "best_epoch": float(_best_epoch(module.history)),
+        "train_images_per_s": images_seen / max(fit.fit_seconds, 1e-9),
+    }
+    step = fit.trainer.global_step + 1
+    stamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, stamp, step) for k, v in metrics.items()])
+    client.set_tag(run_id, "stop_reason", fit.stop_reason)
+    return model, results, metrics
+
+
+def log_evaluation(
+    client: MlflowClient,
+    run_id: str,
+    cfg: AppConfig,
+    prepared: PreparedLike,
+    module: FashionClassifier,
+    results: dict[str, EvalResult],
+) -> Path:
+    """Figures, the evaluation table, the history and the test predictions, into the run."""
+    out_dir = Path(tempfile.mkdtemp(prefix="train-artifacts-"))
+    x_test, y_test = load_split(Path(prepared.dataset_path), "test")
+    test = results["test"]
+    figures = [
+        plot_confusion_matrix(test.confusion, CLASS_NAMES, out_dir / "confusion_matrix.png"),
+        plot_learning_curves(module.history, out_dir / "learning_curves.png"),
+        plot_misclassified(
+            x_test,
+            y_test,
+            test.predictions,
+            test.probabilities,
+            CLASS_NAMES,
+            out_dir / "misclassified_test.png",
+        ),
+    ]
+    for figure in figures:
+        client.log_artifact(run_id, str(figure), artifact_path="figures")
+    client.log_text(run_id, results["val"].table() + "\n\n" + test.table(), "evaluation.txt")
+    client.log_dict(run_id, {"history": module.history}, "history.json")
+    predictions_dir = cfg.paths.outputs / "predictions"
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    predictions_path = predictions_dir / f"{run_id}_test_predictions.npy"
+    np.save(predictions_path, test.predictions)
+    client.log_artifact(run_id, str(predictions_path), artifact_path="predictions")
+    return predictions_path
+
+
+def log_model(
+    client: MlflowClient,
+    run_id: str,
+    cfg: AppConfig,
+    prepared: PreparedLike,
+    model: torch.nn.Module,
+    test: EvalResult,
+) -> tuple[str, Path | None]:
+    """The pt2 model (what is served) and an ONNX export, into the run."""
+    x_test, _ = load_split(Path(prepared.dataset_path), "test")
+    metadata = {
+        "model_preset": cfg.train.model_preset,
+        "flip_tta": cfg.train.flip_tta,
+        "test_accuracy": test.accuracy,
+        "test_macro_f1": test.macro_f1,
+        "data_md5": getattr(prepared, "data_md5", ""),
+        "split_hash": getattr(prepared, "split_hash", ""),
+    }
+    # MLflow's model logging only knows the fluent API: point it at this run, then restore.
+    with _fluent_run(cfg.tracking_uri, run_id):
+        info = log_classifier(model, input_example=normalize(x_test[:2]).numpy(), metadata=metadata)
+    onnx_path: Path | None = None
+    try:
+        onnx_path = export_onnx(model, Path(tempfile.mkdtemp(prefix="onnx-")) / "model.onnx")
+        client.log_artifact(run_id, str(onnx_path), artifact_path="onnx")
+    except Exception as exc:  # ONNX is a convenience export; never lose the run over it.
+        log.warning("ONNX export failed (%s); the pt2 model is logged.", exc)
+        client.set_tag(run_id, "onnx_export_error", str(exc).splitlines()[0][:250])
+    return info.model_uri, onnx_path
+
+
+@contextmanager
+def _fluent_run(tracking_uri: str, run_id: str) -> Iterator[None]:
+    # MLflow's own scoped switch: the previous tracking URI (even "unset") comes back after.
+    with _use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        yield
+
+
+def _best_path(checkpoint: ModelCheckpoint) -> Path | None:
+    path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    return path if path is not None and path.is_file() else None
 
 
 def _best_epoch(history: list[dict[str, float]]) -> int:

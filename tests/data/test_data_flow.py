@@ -214,3 +214,38 @@ def test_download_retries_transient_errors_only(
     with pytest.raises(DownloadError, match="md5 mismatch"):
         only_download()
     assert len(attempts) == 1  # a permanent error is not retried
+
+
+def test_swapping_and_splitting_data_hold_the_data_lock(
+    project: tuple[AppConfig, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a run swaps data/ and splits it, another run can take neither the file lock nor
+    the Prefect global concurrency limit: they wait their turn."""
+    from prefect.concurrency.sync import concurrency
+
+    from flows.locks import DATA_LIMIT
+    from src.locking import LockTimeout, file_lock
+
+    cfg, _ = project
+    lock_path = cfg.paths.outputs / "locks" / "data.lock"
+    seen: list[str] = []
+
+    def check_held(step: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with pytest.raises(LockTimeout), file_lock(lock_path, timeout_s=0.2):
+                pass
+            with pytest.raises(TimeoutError), concurrency(DATA_LIMIT, timeout_seconds=1):
+                pass
+            seen.append(step)
+            return original(*args, **kwargs)
+
+        return wrapped
+
+    for step in ("version_data", "prepare_splits"):
+        monkeypatch.setattr(
+            data_flow_module, step, check_held(step, getattr(data_flow_module, step))
+        )
+    prepare_data(cfg)
+    assert seen == ["version_data", "prepare_splits"]
+    with file_lock(lock_path, timeout_s=0.2):  # released after the run
+        pass

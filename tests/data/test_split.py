@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from src.config.data import DataConfig
 from src.data.io import write_idx
@@ -24,10 +26,55 @@ def test_split_is_stratified_deterministic_and_disjoint() -> None:
     assert split_hash(train, val, test) != split_hash(*other_seed)
 
 
+def _images_without_numpy_rng(n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Images made by SHAKE-128 of their index: the same bytes whatever NumPy's version."""
+    raw = b"".join(hashlib.shake_128(f"image {i}".encode()).digest(784) for i in range(n))
+    images = np.frombuffer(raw, dtype=np.uint8).reshape(n, 28, 28).copy()
+    return images, np.arange(n, dtype=np.int64) * 7 % 10
+
+
 def test_split_hash_is_pinned() -> None:
-    # Same data and seed must give the same split on every machine and numpy version we support.
-    images, labels = make_images(n_per_class=40)
-    assert split_hash(*split_indices(images, labels))[:16] == "cc576932689fbc65"
+    # Same data and seed must give the same split on every machine and NumPy version. The data
+    # here owes nothing to NumPy's random streams either.
+    images, labels = _images_without_numpy_rng()
+    assert split_hash(*split_indices(images, labels)) == (
+        "62547c4f508ea4744f9044eca514117b843bff36ab8160737d85d8941719df1f"
+    )
+
+
+def test_split_does_not_use_numpy_random_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NumPy does not promise its permutation stream across versions: the split must not use
+    any NumPy random generator at all."""
+    images, labels = _images_without_numpy_rng()
+    expected = split_indices(images, labels)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the split used a NumPy random generator")
+
+    monkeypatch.setattr(np.random, "default_rng", forbidden)
+    monkeypatch.setattr(np.random, "permutation", forbidden)
+    monkeypatch.setattr(np.random, "shuffle", forbidden)
+    for got, want in zip(split_indices(images, labels), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_order_within_a_class_follows_the_keyed_image_hash() -> None:
+    """Each class's images are ranked by BLAKE2b(image bytes, key=seed): the first 70 % by that
+    rank are train - computed here with hashlib alone, not with the code under test."""
+    images, labels = _images_without_numpy_rng()
+    train, val, test = split_indices(images, labels, seed=42)
+    key = (42).to_bytes(8, "little", signed=True)
+    for label in range(10):
+        rows = np.flatnonzero(labels == label)
+        rank = sorted(
+            rows,
+            key=lambda r: int.from_bytes(
+                hashlib.blake2b(images[r].tobytes(), digest_size=8, key=key).digest(), "little"
+            ),
+        )
+        assert sorted(rank[:28]) == sorted(set(train) & set(rows))
+        assert sorted(rank[28:34]) == sorted(set(val) & set(rows))
+        assert sorted(rank[34:]) == sorted(set(test) & set(rows))
 
 
 def test_duplicates_stay_in_one_part() -> None:

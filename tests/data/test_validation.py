@@ -21,10 +21,10 @@ def test_valid_tiny_table_passes_and_saves_json(
     tmp_path: Path, tiny: tuple[np.ndarray, np.ndarray], cfg: DataConfig
 ) -> None:
     report = validate(arrays_to_table(*tiny), cfg, output_dir=tmp_path, result_name="tiny")
-    assert report.success and report.n_rows == 200 and len(report.results) == 12
+    assert report.success and report.n_rows == 200 and len(report.results) == 13
     saved = json.loads((tmp_path / "tiny.json").read_text())
     assert saved["success"] is True
-    assert set(saved["great_expectations"]) == {"table", "rows", "classes"}
+    assert set(saved["great_expectations"]) == {"table", "pixel_types", "rows", "classes"}
     assert "# Data validation PASSED" in report.markdown
     assert "expect_column_values_to_be_between | rows.pixel_max | pass" in report.markdown
 
@@ -95,6 +95,102 @@ def test_each_failure_mode_is_named(
     saved = json.loads((tmp_path / "validation.json").read_text())
     assert saved["success"] is False
     assert "FAILED" in caught.value.report.markdown
+
+
+def _set_int(row: int, col: str, value: int) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Edit the integer table a CSV gives (every column int64), keeping it integer."""
+
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table = table.astype("int64")
+        table.loc[row, col] = value
+        assert table[col].dtype == np.int64
+        return table
+
+    return edit
+
+
+# Every bad value an integer column can hold (a CSV without blanks reads as int64).
+INT_CASES = [
+    ("pixel 256", _set_int(17, "pixel300", 256), "rows.pixel_max", "row 17 pixel300=256"),
+    (
+        "pixel far above",
+        _set_int(4, "pixel2", 2**40),
+        "rows.pixel_max",
+        "row 4 pixel2=1099511627776",
+    ),
+    ("pixel -1", _set_int(3, "pixel1", -1), "rows.pixel_min", "row 3 pixel1=-1"),
+    ("pixel far below", _set_int(8, "pixel9", -300), "rows.pixel_min", "row 8 pixel9=-300"),
+    ("label 10", _set_int(5, "label", 10), "rows.label", "row 5: label=10"),
+    ("label -1", _set_int(6, "label", -1), "rows.label", "row 6: label=-1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "edit", "target", "needle"), INT_CASES, ids=[c[0] for c in INT_CASES]
+)
+def test_each_bad_value_is_named_in_an_integer_table(
+    case: str,
+    edit: Callable[[pd.DataFrame], pd.DataFrame],
+    target: str,
+    needle: str,
+    tiny: tuple[np.ndarray, np.ndarray],
+    cfg: DataConfig,
+) -> None:
+    table = edit(arrays_to_table(*tiny))
+    assert all(dtype == np.int64 for dtype in table.dtypes)
+    with pytest.raises(DataValidationError) as caught:
+        validate(table, cfg)
+    assert [f.target for f in caught.value.report.failures] == [target]
+    assert needle in str(caught.value)
+
+
+def test_messages_show_exact_values(tiny: tuple[np.ndarray, np.ndarray], cfg: DataConfig) -> None:
+    table = _set(11, "pixel20", 255.0000001)(arrays_to_table(*tiny))
+    with pytest.raises(DataValidationError) as caught:
+        validate(table, cfg)
+    assert "row 11 pixel20=255.0000001" in str(caught.value)
+    assert [f.target for f in caught.value.report.failures] == [
+        "rows.pixel_non_integer",
+        "rows.pixel_max",
+    ]
+
+
+def _booleans(table: pd.DataFrame) -> pd.DataFrame:
+    table["pixel5"] = table["pixel5"] > 0  # True/False: would pass every range check as 0/1
+    return table
+
+
+def _text(table: pd.DataFrame) -> pd.DataFrame:
+    table["pixel9"] = table["pixel9"].astype(str)  # "0", "17", ...: digits, but text
+    return table
+
+
+def _all_booleans(table: pd.DataFrame) -> pd.DataFrame:
+    for column in table.columns[1:]:
+        table[column] = table[column] > 127
+    return table
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (_booleans, "column pixel5: boolean"),
+        (_text, "column pixel9: text"),
+        (_all_booleans, "column pixel1: boolean"),
+    ],
+    ids=["one boolean column", "one text column", "all boolean"],
+)
+def test_non_numeric_pixel_columns_are_refused(
+    edit: Callable[[pd.DataFrame], pd.DataFrame],
+    needle: str,
+    tiny: tuple[np.ndarray, np.ndarray],
+    cfg: DataConfig,
+) -> None:
+    with pytest.raises(DataValidationError) as caught:
+        validate(edit(arrays_to_table(*tiny)), cfg)
+    failures = caught.value.report.failures
+    assert "pixel_types.kind" in {f.target for f in failures}
+    assert needle in str(caught.value)
 
 
 def test_duplicate_policy(tiny: tuple[np.ndarray, np.ndarray], cfg: DataConfig) -> None:

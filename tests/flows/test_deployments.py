@@ -29,8 +29,12 @@ PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
 
 def test_prefect_yaml_matches_the_flow_config() -> None:
     spec = yaml.safe_load(PREFECT_YAML.read_text())
-    [deployment] = [d for d in spec["deployments"] if d["entrypoint"].startswith("flows/train_")]
+    by_entrypoint = {d["entrypoint"]: d for d in spec["deployments"]}
+    deployment = by_entrypoint["flows/train_flow.py:train_flow"]
+    rollback = by_entrypoint["flows/rollback_flow.py:rollback_flow"]
     cfg = load_config(environ={})
+    assert deployment["concurrency_limit"] == cfg.flow.concurrency_limit == 1
+    assert rollback["entrypoint"] == "flows/rollback_flow.py:rollback_flow"
     assert deployment["name"] == cfg.flow.deployment_name
     assert deployment["entrypoint"] == "flows/train_flow.py:train_flow"
     [schedule] = deployment["schedules"]
@@ -64,6 +68,9 @@ def test_deploy_script_registers_a_scheduled_deployment_from_config(
     api = prefect_server.api_url
     deployment = httpx.get(f"{api}/deployments/name/train-flow/nightly-test", timeout=10).json()
     assert deployment["work_pool_name"] == "script-pool"
+    assert deployment["global_concurrency_limit"]["limit"] == 1  # one run at a time
+    rollback = httpx.get(f"{api}/deployments/name/rollback-flow/manual", timeout=10).json()
+    assert rollback["work_pool_name"] == "script-pool"
     assert deployment["parameters"]["params"]["profile"] == "smoke"
     [schedule] = deployment["schedules"]
     assert schedule["schedule"]["cron"] == "30 2 * * *"

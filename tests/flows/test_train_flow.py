@@ -52,7 +52,9 @@ def _uri(root: Path) -> str:
     return f"sqlite:///{root}/mlflow.db"
 
 
-def _seed_production(root: Path, model: Any, split_hash: str) -> tuple[str, str]:
+def _seed_production(
+    root: Path, model: Any, split_hash: str, data_md5: str = "an-older-md5"
+) -> tuple[str, str]:
     """Log ``model``, register it as passed and promote it; returns (version, run id)."""
     mlflow.set_tracking_uri(_uri(root))
     experiment = mlflow.get_experiment_by_name("seeded")
@@ -69,7 +71,7 @@ def _seed_production(root: Path, model: Any, split_hash: str) -> tuple[str, str]
         NAME,
         model_uri=info.model_uri,
         run_id=run.info.run_id,
-        tags={"split_hash": split_hash},
+        tags={"split_hash": split_hash, "data_md5": data_md5},
     )
     registry.promote_candidate(client, NAME, str(mv.version), passed=True, reasons=["seeded"])
     return str(mv.version), run.info.run_id
@@ -144,7 +146,9 @@ def test_retry_floor_cache_and_champion(
     dataset = Path(first["dataset_path"])
     with np.load(dataset) as data:
         memorizer = Memorizer(data["x_test"], data["y_test"])
-    champion, champion_run = _seed_production(project, memorizer, split_hash=first["split_hash"])
+    champion, champion_run = _seed_production(
+        project, memorizer, split_hash=first["split_hash"], data_md5=first["data_md5"]
+    )
     metrics, predictions = score_model(f"models:/{NAME}/{champion}", dataset)
     assert metrics["accuracy"] == 1.0
     store_test_predictions(client, champion_run, predictions)
@@ -166,7 +170,7 @@ def test_retry_floor_cache_and_champion(
     )
     assert _production(project) == champion
     details = client.get_model_version(NAME, second["candidate_version"]).tags["gate_details"]
-    assert "stored predictions (same split hash)" in details
+    assert "stored predictions (same data md5 and split hash)" in details
 
 
 def _all_artifact_keys(api: str) -> set[str]:

@@ -1,0 +1,127 @@
+"""A running API follows a rollback like a promotion: real ``uvicorn src.api:app`` on 127.0.0.1,
+a real sqlite registry, the ``rollback-flow`` on a real Prefect server; the API is only seen
+over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+
+from flows.rollback_flow import rollback_flow
+from src import registry
+from src.model_io import log_classifier
+from tests.flows.conftest import tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "rollback-model"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _served_version(url: str) -> str | None:
+    try:
+        response = httpx.get(f"{url}/ready", timeout=2)
+    except httpx.HTTPError:
+        return None
+    return str(response.json().get("model_version")) if response.status_code == 200 else None
+
+
+def _wait_for_version(url: str, version: str, process: subprocess.Popen[bytes], log: Path) -> float:
+    started = time.monotonic()
+    while _served_version(url) != version:
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() - started < 120, (
+            f"API never served v{version}:\n" + (log.read_text()[-3000:])
+        )
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def two_versions(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """v1 then v2 promoted through the gate's path; returns (tracking URI, v1, v2)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = registry.get_client(uri)
+    experiment = mlflow.create_experiment("rollback", artifact_location=str(tmp_path / "art"))
+    versions = []
+    for seed in (1, 2):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = log_classifier(tiny_model(seed))
+        mv = registry.register_candidate(
+            client, NAME, model_uri=info.model_uri, run_id=run.info.run_id
+        )
+        registry.promote_candidate(client, NAME, str(mv.version), passed=True, reasons=["ok"])
+        versions.append(str(mv.version))
+    try:
+        yield uri, versions[0], versions[1]
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_running_api_follows_a_rollback(
+    two_versions: tuple[str, str, str],
+    tmp_path: Path,
+    prefect_api: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uri, v1, v2 = two_versions
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "MLFLOW_"))},
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTERED_MODEL_NAME": NAME,
+        "SERVE_POLL_INTERVAL_S": "0.5",
+        "PROFILE": "",
+    }
+    log = tmp_path / "uvicorn.log"
+    command = [sys.executable, "-m", "uvicorn", "src.api:app", "--host", "127.0.0.1"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_version(url, v2, process, log)
+        # The rollback-flow, as the Prefect UI would run it, on this registry.
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("MLFLOW_REGISTERED_MODEL_NAME", NAME)
+        monkeypatch.setenv("PATHS_ROOT", str(tmp_path))
+        monkeypatch.delenv("PROFILE", raising=False)
+        change = rollback_flow("v2 misreads sandals")
+        assert (change["from_version"], change["to_version"]) == (v2, v1)
+        waited = _wait_for_version(url, v1, process, log)
+        print(f"API served the rolled-back v{v1} {waited:.1f} s after the rollback")
+        model = httpx.get(f"{url}/model", timeout=5).json()
+        assert str(model["version"]) == v1
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    client = registry.get_client(uri)
+    last = registry.production_history(client, NAME)[-1]
+    assert (last.action, last.from_version, last.to_version) == ("rollback", v2, v1)
+    assert last.by.startswith("flow run ") and last.reason == "v2 misreads sandals"
