@@ -4,7 +4,7 @@ The model is what ``make serve`` would serve: the Production version of the conf
 (``configs/mlflow.yaml``, by default the embedded ``sqlite:///mlflow.db``). Only without one, a
 stand-in with the default architecture and test-time augmentation (``src.model.build_model`` on the
 default ``TrainConfig``, random weights: the same compute) is exported with the trainer's own
-``export_onnx`` and promoted with ``src.registry`` into a temporary registry. The report names the
+``log_onnx`` and promoted with ``src.registry`` into a temporary registry. The report names the
 model (name, version, TTA, runtime, threads). Measured, on the same PNG-encoded images:
 
 * cold start: process spawn → ``/health`` 200 and → ``/ready`` 200 (median of three spawns);
@@ -265,9 +265,8 @@ def standin_registry(workdir: Path) -> BenchRegistry:
 
     from src.config import TrainConfig
     from src.model import build_model
-    from src.model_io import log_classifier
+    from src.model_io import log_classifier, log_onnx
     from src.registry import promote_candidate, register_candidate
-    from src.training.train import export_onnx
 
     cfg = TrainConfig()
     model = build_model(cfg).eval()
@@ -279,7 +278,7 @@ def standin_registry(workdir: Path) -> BenchRegistry:
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_params({"model_preset": cfg.model_preset, "flip_tta": cfg.flip_tta})
             info = log_classifier(model, metadata={"flip_tta": cfg.flip_tta})
-            mlflow.log_artifact(str(export_onnx(model, workdir / "model.onnx")), "onnx")
+            log_onnx(MlflowClient(tracking_uri=uri), run.info.run_id, model)
         source = mlflow.get_logged_model(info.model_id).artifact_location
     finally:
         mlflow.set_tracking_uri(previous)

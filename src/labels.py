@@ -1,4 +1,4 @@
-"""The ten Fashion-MNIST classes, index ↔ garment name."""
+"""Constants that training, evaluation and serving share: the classes, the image size, the served file."""
 
 from __future__ import annotations
 
@@ -16,3 +16,5 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 28
+# Where each run keeps the form of its model that the API serves (ONNX: data, never code).
+ONNX_MODEL_ARTIFACT = "onnx/model.onnx"

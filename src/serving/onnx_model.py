@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from src.labels import IMAGE_SIZE
+from src.labels import IMAGE_SIZE, ONNX_MODEL_ARTIFACT
 
-ONNX_ARTIFACT = "onnx/model.onnx"
+ONNX_ARTIFACT = ONNX_MODEL_ARTIFACT
 RUNTIME = f"onnxruntime {ort.__version__}"
 
 

@@ -37,8 +37,8 @@ from torch import Tensor
 from src.config import AppConfig
 from src.config.train import TrainConfig
 from src.evaluate import EvalResult, evaluate_classifier
-from src.labels import CLASS_NAMES, IMAGE_SIZE
-from src.model_io import Classifier, log_classifier
+from src.labels import CLASS_NAMES
+from src.model_io import Classifier, log_classifier, log_onnx
 from src.preprocessing import normalize
 from src.training.data import FashionDataModule, load_split
 from src.training.module import FashionClassifier
@@ -215,39 +215,6 @@ def _params(cfg: AppConfig, prepared: PreparedLike, model: torch.nn.Module) -> d
         lightning_version=L.__version__,
     )
     return {k: ("None" if v is None else v) for k, v in params.items()}
-
-
-def export_onnx(model: torch.nn.Module, path: Path) -> Path:
-    """Export ``model`` (fp32, eval) to ONNX with a dynamic batch dimension (input ``images``).
-
-    The TorchScript-based exporter takes under a second for this net; the torch.export-based one
-    (the default since torch 2.9) takes ~30 s on this CPU, so it is only the fallback.
-    """
-    model = model.float().to(memory_format=torch.contiguous_format).eval()
-    example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
-    names = {"input_names": ["images"], "output_names": ["logits"]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                dynamo=False,
-                **names,  # type: ignore[arg-type]
-            )
-        except Exception:
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamic_shapes={"x": {0: batch}},
-                dynamo=True,
-                **names,  # type: ignore[arg-type]
-            )
-    return path
 
 
 @dataclass
@@ -503,14 +470,8 @@ def log_model(
     # MLflow's model logging only knows the fluent API: point it at this run, then restore.
     with _fluent_run(cfg.tracking_uri, run_id):
         info = log_classifier(model, input_example=normalize(x_test[:2]).numpy(), metadata=metadata)
-    onnx_path: Path | None = None
-    try:
-        onnx_path = export_onnx(model, Path(tempfile.mkdtemp(prefix="onnx-")) / "model.onnx")
-        client.log_artifact(run_id, str(onnx_path), artifact_path="onnx")
-    except Exception as exc:  # ONNX is a convenience export; never lose the run over it.
-        log.warning("ONNX export failed (%s); the pt2 model is logged.", exc)
-        client.set_tag(run_id, "onnx_export_error", str(exc).splitlines()[0][:250])
-    return info.model_uri, onnx_path
+    # The API serves the ONNX file: a run without it could never be served, so this fails the run.
+    return info.model_uri, log_onnx(client, run_id, model)
 
 
 @contextmanager

@@ -25,9 +25,8 @@ from PIL import Image
 
 from src.config import AppConfig, load_config
 from src.labels import CLASS_NAMES
-from src.model_io import log_classifier
+from src.model_io import log_classifier, log_onnx
 from src.registry import promote, record_gate_decision, register_candidate
-from src.training.train import export_onnx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _names = itertools.count()
@@ -79,6 +78,7 @@ def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.create_experiment("api-tests", artifact_location=(root / "art").as_uri())
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     logged: dict[str, LoggedModel] = {}
     varied = image_dependent_model()
     for key, module in (
@@ -90,10 +90,7 @@ def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
             mlflow.log_params({"data_md5": f"md5-{key}"})
             mlflow.log_metrics({"test_accuracy": 0.91, "test_macro_f1": 0.9})
             info = log_classifier(module)
-            # The served form, logged as the trainer logs it.
-            (root / key).mkdir()
-            onnx_path = export_onnx(module, root / key / "model.onnx")
-            mlflow.log_artifact(str(onnx_path), artifact_path="onnx")
+            log_onnx(client, run.info.run_id, module)  # the served form, as the trainer logs it
         # The artifact location, not ``models:/m-...``: resolving a logged-model id would go
         # through MLflow's process-global tracking URI.
         location = mlflow.get_logged_model(info.model_id).artifact_location

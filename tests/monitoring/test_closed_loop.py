@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from src.config import AppConfig, load_config
 from src.data.io import read_images
 from src.gate import evaluate_gate
-from src.model_io import log_classifier
+from src.model_io import log_classifier, log_onnx
 from src.monitoring import versioning
 from src.monitoring.card import build_card
 from tests.api.conftest import encode, start_server, stop_server, wait_until
@@ -74,6 +74,7 @@ def _register(cfg: AppConfig, root: Path, dataset: Path, model: torch.nn.Module)
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_params({"model": "softmax-regression", "epochs": 150})
             info = log_classifier(model)
+            log_onnx(client, run.info.run_id, model)  # the served form, as the trainer logs it
         location = mlflow.get_logged_model(info.model_id).artifact_location
     finally:
         mlflow.set_tracking_uri(previous)
