@@ -3,7 +3,7 @@
 The model is what ``make serve`` would serve: the Production version of the configured registry
 (``configs/mlflow.yaml``, by default the embedded ``sqlite:///mlflow.db``). Only without one, a
 stand-in with the default architecture and test-time augmentation (``src.model.build_model`` on the
-default ``TrainConfig``, random weights: the same compute) is exported with the trainer's own
+``train`` section of ``configs/``, random weights: the same compute) is exported with the trainer's own
 ``log_onnx`` and promoted with ``src.registry`` into a temporary registry. The report names the
 model (name, version, TTA, runtime, threads). Measured, on the same PNG-encoded images:
 
@@ -263,12 +263,12 @@ def standin_registry(workdir: Path) -> BenchRegistry:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from src.config import TrainConfig
+    from src.config import load_config
     from src.model import build_model
     from src.model_io import log_classifier, log_onnx
     from src.registry import promote_candidate, register_candidate
 
-    cfg = TrainConfig()
+    cfg = load_config().train
     model = build_model(cfg).eval()
     uri = f"sqlite:///{workdir}/mlflow.db"
     previous = mlflow.get_tracking_uri()

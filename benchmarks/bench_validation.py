@@ -16,8 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
-from src.config import PROJECT_ROOT
-from src.config.data import DataConfig
+from src.config import PROJECT_ROOT, load_config
 from src.data.io import PIXEL_COLUMNS, read_table
 from src.data.validation import validate
 
@@ -66,7 +65,7 @@ def main() -> None:
     import great_expectations  # noqa: F401
 
     import_s = time.perf_counter() - start
-    cfg = DataConfig()
+    cfg = load_config().data
     times = []
     for _ in range(args.repeats):
         report = validate(table, cfg)

@@ -1,12 +1,15 @@
-"""Register the train-flow deployment from the configuration (``configs/flow.yaml`` + ``FLOW_*``).
+"""Register the deployments with their schedules, taken from the configuration.
 
-    python deployments/deploy.py                 # train-flow/<flow.deployment_name> on the pool
+    python deployments/deploy.py                 # train-flow/<flow.deployment_name>, monitor-flow/hourly,
+                                                 # rollback-flow/manual on the work pool
     FLOW_SCHEDULE_CRON="0 4 * * *" python deployments/deploy.py
-    python deployments/deploy.py --profile smoke # the deployment's default parameters
-    python deployments/deploy.py --serve         # no work pool or worker: serve it from here
+    python deployments/deploy.py --profile smoke # train-flow's default parameters
+    python deployments/deploy.py --serve         # no work pool or worker: serve train-flow from here
 
-The declarative twin is ``deployments/prefect.yaml`` (``prefect deploy``). Needs a Prefect API
-(``prefect server start`` and ``PREFECT_API_URL=http://127.0.0.1:4200/api``).
+The schedules are written once, in ``configs/flow.yaml`` (``flow.schedule_cron``) and
+``configs/monitor.yaml`` (``monitor.schedule_cron``); ``deployments/prefect.yaml`` holds the same
+deployments without schedules. Needs a Prefect API (``prefect server start`` and
+``PREFECT_API_URL=http://127.0.0.1:4200/api``).
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
+from flows.monitor_flow import MonitorFlowParams, monitor_flow
 from flows.rollback_flow import rollback_flow
 from flows.train_flow import TrainFlowParams, train_flow
-from src.config import PROJECT_ROOT, load_config
+from src.config import PROJECT_ROOT, AppConfig, load_config
 
 ENTRYPOINT = "flows/train_flow.py:train_flow"
+MONITOR = "flows/monitor_flow.py:monitor_flow"
+MONITOR_NAME = "hourly"
 ROLLBACK = "flows/rollback_flow.py:rollback_flow"
 
 
@@ -36,6 +42,26 @@ def ensure_process_pool(name: str) -> None:
         except ObjectNotFound:
             client.create_work_pool(WorkPoolCreate(name=name, type="process"))
             print(f"Created work pool {name!r} (type process).")
+
+
+def deploy_monitor_and_rollback(cfg: AppConfig) -> None:
+    """monitor-flow on ``monitor.schedule_cron`` and the unscheduled rollback-flow, on the pool."""
+    monitor: Any = monitor_flow.from_source(source=str(PROJECT_ROOT), entrypoint=MONITOR)
+    monitor.deploy(
+        name=MONITOR_NAME,
+        work_pool_name=cfg.flow.work_pool,
+        schedules=[Cron(cfg.monitor.schedule_cron, timezone=cfg.flow.schedule_timezone)],
+        parameters={"params": MonitorFlowParams().model_dump()},
+        tags=["clothing-classifier", "monitoring"],
+        print_next_steps=False,
+    )
+    rollback: Any = rollback_flow.from_source(source=str(PROJECT_ROOT), entrypoint=ROLLBACK)
+    rollback.deploy(
+        name="manual",
+        work_pool_name=cfg.flow.work_pool,
+        tags=["clothing-classifier", "registry"],
+        print_next_steps=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,16 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         concurrency_limit=cfg.flow.concurrency_limit,
         print_next_steps=False,
     )
-    rollback: Any = rollback_flow.from_source(source=str(PROJECT_ROOT), entrypoint=ROLLBACK)
-    rollback.deploy(
-        name="manual",
-        work_pool_name=cfg.flow.work_pool,
-        tags=["clothing-classifier", "registry"],
-        print_next_steps=False,
-    )
+    deploy_monitor_and_rollback(cfg)
     print(
         f"Deployment train-flow/{name} ({deployment_id}): cron '{cfg.flow.schedule_cron}' "
         f"{cfg.flow.schedule_timezone}, work pool {cfg.flow.work_pool!r}.\n"
+        f"Deployment monitor-flow/{MONITOR_NAME}: cron '{cfg.monitor.schedule_cron}' "
+        f"{cfg.flow.schedule_timezone}.\n"
         f"Start a worker:  prefect worker start --pool {cfg.flow.work_pool}\n"
         f"Run it now:      prefect deployment run train-flow/{name}\n"
         'Roll back:       prefect deployment run rollback-flow/manual --param reason="..."'

@@ -5,7 +5,7 @@
     → on drift with ``monitor.retrain_on_drift``: start train-flow through its deployment
 
 ``python -m flows.monitor_flow`` runs it once (``--dry-run`` decides and logs but starts nothing);
-``deployments/prefect.yaml`` runs it hourly (``monitor-flow/hourly``).
+``clothing-classifier deploy`` schedules it (``monitor-flow/hourly``, ``monitor.schedule_cron``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Typed, validated configuration.
 
-Precedence (lowest to highest): field defaults < ``configs/*.yaml`` < ``configs/profiles/<PROFILE>.yaml``
+Every setting has its one default in ``configs/<section>.yaml`` (the models hold types and
+bounds, no defaults). Precedence (lowest to highest): ``configs/*.yaml`` < ``configs/profiles/<PROFILE>.yaml``
 < environment variables < explicit overrides passed to :func:`load_config`.
 
 Each section owns an environment prefix, so ``DATA_SOURCE`` sets ``data.source``,
@@ -119,7 +120,15 @@ def load_config(
     try:
         return AppConfig.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_describe(err, config_dir) for err in exc.errors())
         raise ConfigError(f"Invalid configuration: {problems}") from exc
+
+
+def _describe(err: Any, config_dir: Path) -> str:
+    where = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "missing" and len(err["loc"]) == 1:
+        return f"{where}: missing; add the file {config_dir / f'{where}.yaml'}"
+    if err["type"] == "missing" and len(err["loc"]) == 2:
+        section, key = err["loc"]
+        return f"{where}: missing; add `{key}:` to {config_dir / f'{section}.yaml'}"
+    return f"{where}: {err['msg']}"

@@ -12,33 +12,33 @@ class DataConfig(BaseModel):
     env_prefix: ClassVar[str] = "DATA_"
 
     # "kaggle", "url", or a path to a local folder holding the IDX files or the Kaggle CSV.
-    source: str = "url"
-    kaggle_dataset: str = "zalando-research/fashionmnist"
-    kaggle_file: str = "fashion-mnist_train.csv"
-    url_base: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-    download_retries: int = Field(default=3, ge=0)
-    retry_delay_s: float = Field(default=2.0, ge=0)
-    timeout_s: float = Field(default=60.0, gt=0)
+    source: str
+    kaggle_dataset: str
+    kaggle_file: str
+    url_base: str
+    download_retries: int = Field(ge=0)
+    retry_delay_s: float = Field(ge=0)
+    timeout_s: float = Field(gt=0)
     # Prefect-level retries of the download task, on transient network errors only.
-    task_retries: int = Field(default=2, ge=0)
-    task_retry_delay_s: float = Field(default=10.0, ge=0)
+    task_retries: int = Field(ge=0)
+    task_retry_delay_s: float = Field(ge=0)
 
     # DVC remote; a relative path is taken from the project root.
-    dvc_remote_name: str = "local"
-    dvc_remote_url: str = "../dvc-remote"
+    dvc_remote_name: str
+    dvc_remote_url: str
     # S3-compatible store that is not AWS (MinIO, Ceph, moto): its URL, kept in .dvc/config.local.
-    dvc_remote_endpoint_url: str | None = None
+    dvc_remote_endpoint_url: str | None
 
     # Validation thresholds.
-    min_rows: int = Field(default=60_000, ge=1)
-    max_rows: int = Field(default=60_000, ge=1)
-    class_share_min: float = Field(default=0.08, ge=0, le=1)
-    class_share_max: float = Field(default=0.12, ge=0, le=1)
-    max_duplicate_fraction: float = Field(default=0.002, ge=0, le=1)
+    min_rows: int = Field(ge=1)
+    max_rows: int = Field(ge=1)
+    class_share_min: float = Field(ge=0, le=1)
+    class_share_max: float = Field(ge=0, le=1)
+    max_duplicate_fraction: float = Field(ge=0, le=1)
 
     # Split of the training set.
-    split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    split_seed: int = 42
+    split_fractions: tuple[float, float, float]
+    split_seed: int
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -11,14 +11,13 @@ class FlowConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     env_prefix: ClassVar[str] = "FLOW_"
 
-    # Cache download/validation/split results across runs, keyed on the data md5.
-    cache_enabled: bool = True
-    deployment_name: str = "weekly"
-    schedule_cron: str = "0 3 * * 1"
-    schedule_timezone: str = "UTC"
-    work_pool: str = "local-process"
+    deployment_name: str
+    # train-flow's schedule; written only in configs/flow.yaml, deployments/deploy.py applies it.
+    schedule_cron: str
+    schedule_timezone: str
+    work_pool: str
     # Runs of the train-flow deployment at once (Prefect deployment concurrency_limit); the
     # promotion itself is serialised regardless, by a global concurrency limit and a file lock.
-    concurrency_limit: int = Field(default=1, ge=1)
+    concurrency_limit: int = Field(ge=1)
     # How long a flow waits for another flow's promotion or data swap before giving up.
-    lock_timeout_s: float = Field(default=3600.0, gt=0)
+    lock_timeout_s: float = Field(gt=0)

@@ -12,13 +12,13 @@ class GateConfig(BaseModel):
     env_prefix: ClassVar[str] = "GATE_"
 
     # Absolute floors on the test split.
-    min_accuracy: float = Field(default=0.90, ge=0, le=1)
-    min_macro_f1: float = Field(default=0.90, ge=0, le=1)
+    min_accuracy: float = Field(ge=0, le=1)
+    min_macro_f1: float = Field(ge=0, le=1)
     # How a candidate is compared with the current Production model on the same test split:
     # "mcnemar" (fail when significantly worse at level ``alpha``) or "margin" (fail when more
     # than ``margin`` below Production's accuracy or macro-F1).
-    comparison: Literal["mcnemar", "margin"] = "mcnemar"
+    comparison: Literal["mcnemar", "margin"]
     # "auto": exact binomial test below 25 discordant pairs, chi-square (continuity-corrected) above.
-    mcnemar_method: Literal["auto", "exact", "chi2"] = "auto"
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    margin: float = Field(default=0.005, ge=0, le=1)
+    mcnemar_method: Literal["auto", "exact", "chi2"]
+    alpha: float = Field(gt=0, lt=1)
+    margin: float = Field(ge=0, le=1)

@@ -12,35 +12,35 @@ class MonitorConfig(BaseModel):
     env_prefix: ClassVar[str] = "MONITOR_"
 
     # --- prediction log (written by the API) ---
-    log_predictions: bool = True
+    log_predictions: bool
     # Any SQLAlchemy URL (postgresql+psycopg2://...); null = sqlite file under outputs/.
-    store_url: str | None = None
+    store_url: str | None
     # Keep each answered image's 28x28 model input (784 bytes), needed to export feedback as data.
-    store_images: bool = False
-    queue_size: int = Field(default=20000, ge=1)
-    flush_interval_s: float = Field(default=1.0, gt=0)
-    batch_size: int = Field(default=1000, ge=1)
-    retention_days: float = Field(default=30.0, gt=0)
-    retention_max_rows: int = Field(default=1_000_000, ge=1)
+    store_images: bool
+    queue_size: int = Field(ge=1)
+    flush_interval_s: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    retention_days: float = Field(gt=0)
+    retention_max_rows: int = Field(ge=1)
     # How often the API refreshes the row count and the last drift decision for /metrics.
-    stats_interval_s: float = Field(default=30.0, gt=0)
+    stats_interval_s: float = Field(gt=0)
     # --- low-confidence flag (calibrated on the validation split at training time) ---
     # The threshold makes answers at or above it this accurate on the validation split.
-    low_confidence_target_accuracy: float = Field(default=0.98, gt=0, le=1)
+    low_confidence_target_accuracy: float = Field(gt=0, le=1)
     # --- monitor-flow ---
-    experiment_name: str = "clothing-classifier-monitoring"
-    window_hours: float = Field(default=24.0, gt=0)
-    min_predictions: int = Field(default=200, ge=1)
+    experiment_name: str
+    window_hours: float = Field(gt=0)
+    min_predictions: int = Field(ge=1)
     # Labelled feedback needed before live accuracy counts as a drift test.
-    min_feedback: int = Field(default=30, ge=1)
+    min_feedback: int = Field(ge=1)
     # A test flags drift when p < alpha AND its effect size (KS D, total variation distance,
     # share difference) reaches min_effect, so huge windows do not flag negligible shifts.
-    alpha: float = Field(default=0.01, gt=0, lt=1)
-    min_effect: float = Field(default=0.1, gt=0, le=1)
+    alpha: float = Field(gt=0, lt=1)
+    min_effect: float = Field(gt=0, le=1)
     # drift_detected when at least this share of the tests flag drift.
-    drift_share_threshold: float = Field(default=0.5, gt=0, le=1)
+    drift_share_threshold: float = Field(gt=0, le=1)
     # Values per statistic kept in the reference profile (a seeded subsample of the validation split).
-    reference_sample_size: int = Field(default=2000, ge=50)
-    retrain_on_drift: bool = False
-    train_deployment: str = "train-flow/weekly"
-    schedule_cron: str = "0 * * * *"
+    reference_sample_size: int = Field(ge=50)
+    retrain_on_drift: bool
+    train_deployment: str
+    schedule_cron: str

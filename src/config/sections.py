@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from src.config.data import DataConfig
 from src.config.flow import FlowConfig
@@ -24,9 +24,15 @@ class PathsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     env_prefix: ClassVar[str] = "PATHS_"
 
-    root: Path = PROJECT_ROOT
-    data_dir: Path = Path("data")
-    outputs_dir: Path = Path("outputs")
+    root: Path
+    data_dir: Path
+    outputs_dir: Path
+
+    @field_validator("root")
+    @classmethod
+    def _root_from_project(cls, value: Path) -> Path:
+        # configs/paths.yaml says "root: ." for the checkout, wherever the process was started.
+        return value if value.is_absolute() else (PROJECT_ROOT / value).resolve()
 
     def resolve(self, path: Path | str) -> Path:
         """Return ``path`` made absolute against the project root."""
@@ -48,10 +54,10 @@ class MlflowConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     env_prefix: ClassVar[str] = "MLFLOW_"
 
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment_name: str = "clothing-classifier"
-    registered_model_name: str = "clothing-classifier"
-    artifact_location: str = "mlartifacts"
+    tracking_uri: str
+    experiment_name: str
+    registered_model_name: str
+    artifact_location: str
 
     def resolved_tracking_uri(self, root: Path) -> str:
         """Make a relative ``sqlite:///`` URI absolute so every process sees one database."""
@@ -78,15 +84,15 @@ class AppConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    profile: str = "default"
-    paths: PathsConfig = Field(default_factory=PathsConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    gate: GateConfig = Field(default_factory=GateConfig)
-    flow: FlowConfig = Field(default_factory=FlowConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
-    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    profile: str
+    paths: PathsConfig
+    data: DataConfig
+    train: TrainConfig
+    mlflow: MlflowConfig
+    gate: GateConfig
+    flow: FlowConfig
+    serve: ServeConfig
+    monitor: MonitorConfig
 
     @property
     def tracking_uri(self) -> str:

@@ -49,48 +49,48 @@ class ServeConfig(BaseModel):
     env_prefix: ClassVar[str] = "SERVE_"
 
     # Where `make serve` (python -m src.serving.cli) listens.
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    host: str
+    port: int = Field(ge=1, le=65535)
     # uvicorn: close idle keep-alive connections after this long; refuse (503) past this many
     # connections and requests at once (0 = no limit).
-    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
-    limit_concurrency: int = Field(default=256, ge=0)
+    keep_alive_timeout_s: float = Field(gt=0)
+    limit_concurrency: int = Field(ge=0)
     # How often the registry is asked whether Production moved (once a model is loaded).
-    poll_interval_s: float = Field(default=10.0, gt=0)
+    poll_interval_s: float = Field(gt=0)
     # How soon to retry while no model is loaded yet (registry down, nothing promoted yet).
-    retry_interval_s: float = Field(default=1.0, gt=0)
+    retry_interval_s: float = Field(gt=0)
     # A Production version that failed to load is retried after this delay, doubling each time.
-    load_backoff_s: float = Field(default=30.0, gt=0)
-    load_backoff_max_s: float = Field(default=3600.0, gt=0)
+    load_backoff_s: float = Field(gt=0)
+    load_backoff_max_s: float = Field(gt=0)
     # The ONNX model file is refused past this size (it is held in memory while loading).
-    max_model_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
-    max_batch_files: int = Field(default=256, ge=1)
+    max_model_bytes: int = Field(ge=1)
+    max_batch_files: int = Field(ge=1)
     # One image file; a /predict body may be this plus a little multipart framing.
-    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    max_image_bytes: int = Field(ge=1)
     # A whole /predict/batch body.
-    max_batch_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    max_batch_bytes: int = Field(ge=1)
     # Pixels decoded for one image (JPEGs are decoded at reduced scale first).
-    max_image_pixels: int = Field(default=2048 * 2048, ge=1)
+    max_image_pixels: int = Field(ge=1)
     # Longest side of an image as its header states it, checked before anything is decoded.
-    max_image_side: int = Field(default=8192, ge=28)
+    max_image_side: int = Field(ge=28)
     # Pixels decoded for all the images of one request together (bounds its CPU time).
-    max_batch_pixels: int = Field(default=32 * 1024 * 1024, ge=1)
+    max_batch_pixels: int = Field(ge=1)
     # Bytes of request bodies held at once by the process; past it: 503 with Retry-After.
-    max_inflight_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    max_inflight_bytes: int = Field(ge=1)
     # Request headers (all of them); past it: 431.
-    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_header_bytes: int = Field(ge=1024)
     # A request body that stalls this long between two chunks gets 408.
-    body_timeout_s: float = Field(default=30.0, gt=0)
-    top_k: int = Field(default=3, ge=1, le=10)
+    body_timeout_s: float = Field(gt=0)
+    top_k: int = Field(ge=1, le=10)
     # When set, /predict and /predict/batch need header X-API-Key with this value.
-    api_key: str | None = None
+    api_key: str | None
     # ONNX Runtime intra-op threads per forward (1 is best for latency with concurrent requests).
-    inference_threads: int = Field(default=1, ge=1)
+    inference_threads: int = Field(ge=1)
     # Forwards running at once per endpoint kind (single, batch); 0 = one per CPU core.
-    inference_concurrency: int = Field(default=0, ge=0)
+    inference_concurrency: int = Field(ge=0)
     # One JSON line per request from the app (and uvicorn's plain access log switched off).
-    json_logs: bool = True
-    log_level: str = "INFO"
+    json_logs: bool
+    log_level: str
 
     @field_validator("api_key")
     @classmethod

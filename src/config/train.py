@@ -21,52 +21,52 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     env_prefix: ClassVar[str] = "TRAIN_"
 
-    seed: int = 42
+    seed: int
     # Model shape: a preset name, or "custom" to use ``widths`` and ``blocks_per_stage``.
-    model_preset: Literal["resnet20", "wide-resnet", "resnet18", "custom"] = "resnet20"
-    widths: tuple[int, ...] = (16, 32, 64)
-    blocks_per_stage: int = Field(default=3, ge=1)
+    model_preset: Literal["resnet20", "wide-resnet", "resnet18", "custom"]
+    widths: tuple[int, ...]
+    blocks_per_stage: int = Field(ge=1)
     # Test-time augmentation inside the model: logits of x and of its mirror image are averaged in
     # eval mode, so the exported/served model gives exactly the evaluated answer.
-    flip_tta: bool = True
-    max_epochs: int = Field(default=30, ge=1)
+    flip_tta: bool
+    max_epochs: int = Field(ge=1)
     # Hard stop for fit (Lightning ``max_time``), validation passes included.
-    max_time_minutes: float | None = Field(default=30.0, gt=0)
+    max_time_minutes: float | None = Field(gt=0)
     # Soft budget: after each epoch the epoch count is lowered to what fits in this many minutes,
     # and the LR schedule follows, so a busy machine still finishes the annealing phase. None = off.
-    time_budget_minutes: float | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=128, ge=1)
-    eval_batch_size: int = Field(default=1024, ge=1)
+    time_budget_minutes: float | None = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
     # Learning-rate schedule: "onecycle" (peak ``learning_rate``) or "cosine" (with warmup).
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    learning_rate: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=5e-4, ge=0)
-    warmup_fraction: float = Field(default=0.15, gt=0, lt=1)
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine"]
+    optimizer: Literal["sgd", "adamw"]
+    learning_rate: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    warmup_fraction: float = Field(gt=0, lt=1)
+    label_smoothing: float = Field(ge=0, lt=1)
     # Exponential moving average of the weights (evaluated, checkpointed and exported); 0 = off.
-    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    ema_decay: float = Field(ge=0, lt=1)
     # Augmentation, applied to whole batches on the device.
-    crop_padding: int = Field(default=2, ge=0)
-    hflip: bool = True
-    random_erasing_p: float = Field(default=0.25, ge=0, le=1)
+    crop_padding: int = Field(ge=0)
+    hflip: bool
+    random_erasing_p: float = Field(ge=0, le=1)
     # Cap on training images (None = all); the smoke profile trains on a few hundred.
-    limit_train_samples: int | None = Field(default=None, ge=1)
-    limit_eval_samples: int | None = Field(default=None, ge=1)
-    precision: str = "bf16-mixed"
-    channels_last: bool = True
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    num_workers: int = Field(default=0, ge=0)
+    limit_train_samples: int | None = Field(ge=1)
+    limit_eval_samples: int | None = Field(ge=1)
+    precision: str
+    channels_last: bool
+    accelerator: str
+    devices: int | str
+    strategy: str
+    num_workers: int = Field(ge=0)
     # Validate every n epochs (validation costs ~10% of an epoch on the CPU).
-    check_val_every_n_epoch: int = Field(default=1, ge=1)
-    early_stopping_patience: int = Field(default=8, ge=1)
+    check_val_every_n_epoch: int = Field(ge=1)
+    early_stopping_patience: int = Field(ge=1)
     # Resume from this Lightning checkpoint ("last" = the newest in the checkpoint folder).
-    resume_from: str | None = None
-    checkpoint_dir: str = "outputs/checkpoints"
-    progress_bar: bool = True
+    resume_from: str | None
+    checkpoint_dir: str
+    progress_bar: bool
 
     def resolved_shape(self) -> tuple[tuple[int, ...], int]:
         """(channels per stage, blocks per stage) for the chosen preset."""

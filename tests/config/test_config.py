@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from src.config import ConfigError, load_config
+from src.config import PROJECT_ROOT, ConfigError, load_config
 
 
 def test_defaults_come_from_configs_dir() -> None:
@@ -53,9 +54,11 @@ def test_invalid_value_names_the_field() -> None:
 
 
 def test_unknown_key_in_yaml_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "train.yaml").write_text("max_epoch: 3\n")
+    shutil.copytree(PROJECT_ROOT / "configs", tmp_path, dirs_exist_ok=True)
+    with (tmp_path / "train.yaml").open("a") as train:
+        train.write("max_epoch: 3\n")
     monkeypatch.setenv("CONFIG_DIR", str(tmp_path))
-    with pytest.raises(ConfigError, match="max_epoch"):
+    with pytest.raises(ConfigError, match=r"train\.max_epoch: Extra inputs"):
         load_config(environ={"CONFIG_DIR": str(tmp_path)})
 
 

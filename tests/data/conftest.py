@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from src.config.data import DataConfig
+from tests.helpers.config import data_config
 
 N_PER_CLASS = 20  # 200 images, 10% per class
 
@@ -32,7 +33,7 @@ def tiny_config(**overrides: object) -> DataConfig:
         "max_duplicate_fraction": 0.05,
     }
     values.update(overrides)
-    return DataConfig.model_validate(values)
+    return data_config(**values)
 
 
 @pytest.fixture

@@ -15,11 +15,12 @@ from prefect.testing.utilities import prefect_test_harness
 
 import flows.data_flow as data_flow_module
 from flows.data_flow import ARTIFACT_KEY, download_task, prepare_data
-from src.config import AppConfig, PathsConfig
+from src.config import AppConfig
 from src.data.io import DataFormatError, write_csv, write_idx
 from src.data.sources import DownloadError, TransientDownloadError
 from src.data.validation import DataValidationError
 from src.data.versioning import read_dvc_md5
+from tests.helpers.config import app_config
 from tests.data.conftest import make_dvc_project, make_images, tiny_config, tree_snapshot
 
 
@@ -34,9 +35,9 @@ def project(dvc_project: tuple[Path, Path], tmp_path: Path) -> tuple[AppConfig, 
     root, remote = dvc_project
     source = tmp_path / "source"
     write_idx(source, *make_images())
-    cfg = AppConfig(
-        paths=PathsConfig(root=root),
-        data=tiny_config(source=str(source), task_retries=2, task_retry_delay_s=0),
+    cfg = app_config(
+        paths={"root": str(root)},
+        data=tiny_config(source=str(source), task_retries=2, task_retry_delay_s=0).model_dump(),
     )
     return cfg, remote
 
@@ -100,9 +101,9 @@ def versioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[AppConfig, Path
     base = tmp_path_factory.mktemp("versioned")
     root, remote = make_dvc_project(base)
     write_idx(base / "source", *make_images())
-    cfg = AppConfig(
-        paths=PathsConfig(root=root),
-        data=tiny_config(source=str(base / "source"), task_retries=0),
+    cfg = app_config(
+        paths={"root": str(root)},
+        data=tiny_config(source=str(base / "source"), task_retries=0).model_dump(),
     )
     prepare_data(cfg)
     return cfg, remote

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.config.data import DataConfig
+from tests.helpers.config import data_config
 from src.data.io import read_images, read_table
 from src.data.sources import KNOWN_CONTENT_MD5, KNOWN_MD5, content_md5, file_md5
 from src.data.split import split_hash, split_indices
@@ -24,7 +24,7 @@ def test_real_data_reads_validates_and_splits(shared_data_dir: Path, tmp_path: P
     for name, md5 in KNOWN_MD5.items():
         assert file_md5(shared_data_dir / name) == md5
     table = read_table(shared_data_dir)
-    report = validate(table, DataConfig(), output_dir=tmp_path)
+    report = validate(table, data_config(), output_dir=tmp_path)
     assert report.success, report.failure_message()
     # The target is <= 5 s (benchmarks/bench_validation.py measures it); a naive suite takes ~39 s.
     # The bound here leaves room for a CPU shared with other jobs.

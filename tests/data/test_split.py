@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.config.data import DataConfig
+from tests.helpers.config import data_config
 from src.data.io import write_idx
 from src.data.split import prepare_splits, split_hash, split_indices
 from tests.data.conftest import make_images
@@ -98,7 +98,7 @@ def test_duplicates_stay_in_one_part() -> None:
 def test_prepare_splits_writes_npz_and_reuses(tmp_path: Path) -> None:
     images, labels = make_images(n_per_class=40)
     write_idx(tmp_path / "data", images, labels)
-    cfg = DataConfig()
+    cfg = data_config()
     prepared = prepare_splits(tmp_path / "data", "abc.dir", cfg, tmp_path / "prepared")
     assert prepared.dataset_path == tmp_path / "prepared" / "abc.dir" / "splits.npz"
     assert prepared.counts == {"train": 280, "val": 60, "test": 60}

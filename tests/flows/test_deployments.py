@@ -37,9 +37,8 @@ def test_prefect_yaml_matches_the_flow_config() -> None:
     assert rollback["entrypoint"] == "flows/rollback_flow.py:rollback_flow"
     assert deployment["name"] == cfg.flow.deployment_name
     assert deployment["entrypoint"] == "flows/train_flow.py:train_flow"
-    [schedule] = deployment["schedules"]
-    assert schedule["cron"] == cfg.flow.schedule_cron
-    assert schedule["timezone"] == cfg.flow.schedule_timezone
+    # The schedules are written once, in configs/ (deploy.py applies them), never here too.
+    assert [d["name"] for d in spec["deployments"] if "schedules" in d] == []
     assert deployment["work_pool"]["name"] == cfg.flow.work_pool
     # The deployment's parameters are valid TrainFlowParams.
     TrainFlowParams.model_validate(deployment["parameters"]["params"])
@@ -53,6 +52,7 @@ def test_deploy_script_registers_a_scheduled_deployment_from_config(
         "FLOW_DEPLOYMENT_NAME": "nightly-test",
         "FLOW_SCHEDULE_CRON": "30 2 * * *",
         "FLOW_WORK_POOL": "script-pool",
+        "MONITOR_SCHEDULE_CRON": "15 * * * *",
     }
     env.pop("PROFILE", None)
     result = subprocess.run(
@@ -75,6 +75,10 @@ def test_deploy_script_registers_a_scheduled_deployment_from_config(
     [schedule] = deployment["schedules"]
     assert schedule["schedule"]["cron"] == "30 2 * * *"
     assert schedule["schedule"]["timezone"] == "UTC"
+    monitor = httpx.get(f"{api}/deployments/name/monitor-flow/hourly", timeout=10).json()
+    assert monitor["work_pool_name"] == "script-pool"
+    [monitor_schedule] = monitor["schedules"]
+    assert monitor_schedule["schedule"]["cron"] == "15 * * * *"
     pool = httpx.get(f"{api}/work_pools/script-pool", timeout=10).json()
     assert pool["type"] == "process"
     assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.config.gate import GateConfig
 from src.gate import classification_metrics, evaluate_gate, mcnemar
+from tests.helpers.config import gate_config
 
 
 def _labels(n: int = 1000) -> np.ndarray:
@@ -32,7 +32,7 @@ def test_metrics_match_hand_computation() -> None:
 def test_first_run_uses_floors_only() -> None:
     y = _labels()
     good = _with_errors(y, np.arange(0, 50))  # 95 % right
-    decision = evaluate_gate(y, good, GateConfig())
+    decision = evaluate_gate(y, good, gate_config())
     assert decision.passed
     assert any("floors only" in r for r in decision.reasons)
     assert decision.details["candidate_accuracy"] == pytest.approx(0.95)
@@ -41,7 +41,7 @@ def test_first_run_uses_floors_only() -> None:
 def test_below_floor_fails_with_reason() -> None:
     y = _labels()
     bad = _with_errors(y, np.arange(0, 150))  # 85 %
-    decision = evaluate_gate(y, bad, GateConfig(min_accuracy=0.9, min_macro_f1=0.0))
+    decision = evaluate_gate(y, bad, gate_config(min_accuracy=0.9, min_macro_f1=0.0))
     assert not decision.passed
     assert any("accuracy 0.8500 is below the floor 0.9000" in r for r in decision.reasons)
 
@@ -50,7 +50,7 @@ def test_significantly_worse_candidate_fails_mcnemar() -> None:
     y = _labels()
     champion = _with_errors(y, np.arange(0, 40))  # 96 %
     candidate = _with_errors(y, np.arange(500, 580))  # 92 %: 80 new errors, 40 fixed
-    cfg = GateConfig(min_accuracy=0.9, min_macro_f1=0.9)
+    cfg = gate_config(min_accuracy=0.9, min_macro_f1=0.9)
     result = mcnemar(y, candidate, champion)
     assert (result.candidate_only_correct, result.champion_only_correct) == (40, 80)
     assert result.method == "chi2"
@@ -71,7 +71,7 @@ def test_slightly_worse_but_not_significant_passes() -> None:
     assert result.method == "exact"
     assert (result.candidate_only_correct, result.champion_only_correct) == (0, 4)
     assert result.p_value == pytest.approx(0.125)  # 2 * 0.5**4
-    decision = evaluate_gate(y, candidate, GateConfig(), champion_pred=champion)
+    decision = evaluate_gate(y, candidate, gate_config(), champion_pred=champion)
     assert decision.passed
     assert any("not significantly worse" in r for r in decision.reasons)
 
@@ -80,7 +80,7 @@ def test_significantly_better_candidate_passes() -> None:
     y = _labels()
     champion = _with_errors(y, np.arange(0, 90))
     candidate = _with_errors(y, np.arange(0, 30))
-    decision = evaluate_gate(y, candidate, GateConfig(), champion_pred=champion)
+    decision = evaluate_gate(y, candidate, gate_config(), champion_pred=champion)
     assert decision.passed
     assert decision.details["mcnemar_p_value"] < 1e-6
 
@@ -89,7 +89,7 @@ def test_exact_test_on_few_discordant_pairs() -> None:
     y = _labels(100)
     champion = y.copy()
     candidate = _with_errors(y, np.arange(0, 7))  # 7 discordant, all against the candidate
-    cfg = GateConfig(min_accuracy=0.0, min_macro_f1=0.0)
+    cfg = gate_config(min_accuracy=0.0, min_macro_f1=0.0)
     result = mcnemar(y, candidate, champion, method="exact")
     assert result.p_value == pytest.approx(2 * 0.5**7)
     assert not evaluate_gate(y, candidate, cfg, champion_pred=champion).passed
@@ -100,7 +100,7 @@ def test_margin_comparison() -> None:
     champion = _with_errors(y, np.arange(0, 40))  # 0.960
     within = _with_errors(y, np.arange(0, 44))  # 0.956
     beyond = _with_errors(y, np.arange(0, 50))  # 0.950
-    cfg = GateConfig(comparison="margin", margin=0.005)
+    cfg = gate_config(comparison="margin", margin=0.005)
     assert evaluate_gate(y, within, cfg, champion_pred=champion).passed
     decision = evaluate_gate(y, beyond, cfg, champion_pred=champion, champion_version="1")
     assert not decision.passed
@@ -110,7 +110,7 @@ def test_margin_comparison() -> None:
 def test_identical_models_pass() -> None:
     y = _labels()
     pred = _with_errors(y, np.arange(0, 60))
-    decision = evaluate_gate(y, pred, GateConfig(), champion_pred=pred.copy())
+    decision = evaluate_gate(y, pred, gate_config(), champion_pred=pred.copy())
     assert decision.passed
     assert decision.details["mcnemar_p_value"] == 1.0
 
@@ -118,4 +118,4 @@ def test_identical_models_pass() -> None:
 def test_mismatched_lengths_are_refused() -> None:
     y = _labels()
     with pytest.raises(ValueError, match="same prepared test split"):
-        evaluate_gate(y, y[:10], GateConfig())
+        evaluate_gate(y, y[:10], gate_config())

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from src.config.gate import GateConfig
 from src.gate import evaluate_gate
 from src.monitoring.card import CardInputs, build_card, dvc_revision, validation_summary
+from tests.helpers.config import gate_config
 
 
 def test_card_shows_data_gate_mcnemar_metrics_and_confusion(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_card_shows_data_gate_mcnemar_metrics_and_confusion(tmp_path: Path) -> N
     gate = evaluate_gate(
         y_true,
         candidate,
-        GateConfig(min_accuracy=0.5, min_macro_f1=0.5),
+        gate_config(min_accuracy=0.5, min_macro_f1=0.5),
         champion_pred=champion,
         champion_version="3",
     )

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from src.config.monitor import MonitorConfig
 from src.monitoring.drift import decide
 from src.monitoring.profile import (
     ReferenceProfile,
@@ -17,6 +16,7 @@ from src.monitoring.profile import (
     build_profile,
     calibrate_threshold,
 )
+from tests.helpers.config import monitor_config
 
 
 def test_threshold_is_the_widest_set_of_answers_that_reaches_the_target() -> None:
@@ -99,7 +99,7 @@ def _window(
 def test_same_distribution_is_not_drift_and_a_shift_is() -> None:
     rng = np.random.default_rng(0)
     reference = _reference(rng)
-    cfg = MonitorConfig(min_predictions=100)
+    cfg = monitor_config(min_predictions=100)
     clean = decide(_window(rng, 500), reference, cfg)
     assert clean.status == "ok" and not clean.drift_detected
     assert not any(t.drifted for t in clean.tests)
@@ -120,7 +120,7 @@ def test_same_distribution_is_not_drift_and_a_shift_is() -> None:
 def test_one_class_only_moves_the_class_shares() -> None:
     rng = np.random.default_rng(1)
     decision = decide(
-        _window(rng, 300, one_class=True), _reference(rng), MonitorConfig(min_predictions=100)
+        _window(rng, 300, one_class=True), _reference(rng), monitor_config(min_predictions=100)
     )
     [flagged] = [t for t in decision.tests if t.drifted]
     assert flagged.name == "class_shares" and flagged.effect == pytest.approx(0.9)
@@ -128,20 +128,20 @@ def test_one_class_only_moves_the_class_shares() -> None:
     assert decide(
         _window(rng, 300, one_class=True),
         _reference(rng),
-        MonitorConfig(min_predictions=100, drift_share_threshold=0.2),
+        monitor_config(min_predictions=100, drift_share_threshold=0.2),
     ).drift_detected
 
 
 def test_too_few_predictions_give_no_decision() -> None:
     rng = np.random.default_rng(2)
-    decision = decide(_window(rng, 50), _reference(rng), MonitorConfig(min_predictions=200))
+    decision = decide(_window(rng, 50), _reference(rng), monitor_config(min_predictions=200))
     assert decision.status == "not_enough_data" and not decision.drift_detected
     assert "only 50 predictions" in decision.reasons[0]
 
 
 def test_live_accuracy_counts_once_there_is_enough_feedback() -> None:
     rng = np.random.default_rng(3)
-    cfg = MonitorConfig(min_predictions=100, min_feedback=30)
+    cfg = monitor_config(min_predictions=100, min_feedback=30)
     rows = _window(rng, 300)
     wrong = [{"class_id": 1, "true_class_id": 2}] * 20 + [{"class_id": 1, "true_class_id": 1}] * 20
     decision = decide(rows, _reference(rng), cfg, labelled=wrong)

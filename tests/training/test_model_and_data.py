@@ -10,16 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from src.config.train import MODEL_PRESETS, TrainConfig
+from src.config.train import MODEL_PRESETS
 from src.model import build_model
 from src.preprocessing import normalize, preprocess_image
 from src.training.augment import BACKGROUND, augment_batch, random_crop, random_erasing
 from src.training.data import FashionDataModule
+from tests.helpers.config import train_config
 
 
 @pytest.mark.parametrize("preset", [*MODEL_PRESETS, "custom"])
 def test_every_preset_builds_and_gives_logits(preset: str) -> None:
-    cfg = TrainConfig(model_preset=preset, widths=(8, 16), blocks_per_stage=1)  # type: ignore[arg-type]
+    cfg = train_config(model_preset=preset, widths=(8, 16), blocks_per_stage=1)
     model = build_model(cfg)
     x = torch.randn(3, 1, 28, 28)
     model.train()
@@ -30,7 +31,7 @@ def test_every_preset_builds_and_gives_logits(preset: str) -> None:
 
 
 def test_flip_tta_averages_mirror_logits() -> None:
-    model = build_model(TrainConfig(flip_tta=True)).eval()
+    model = build_model(train_config(flip_tta=True)).eval()
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         expected = (model.forward_single(x) + model.forward_single(x.flip(3))) / 2
