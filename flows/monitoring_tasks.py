@@ -17,15 +17,21 @@ from prefect.cache_policies import NO_CACHE
 
 from src import registry
 from src.config import AppConfig
+from src.data.split import PreparedData
 from src.monitoring import versioning
 from src.monitoring.card import build_card
 
 
 @task(name="monitoring-profile-and-card", cache_policy=NO_CACHE, persist_result=False)
 def describe_version_task(
-    prepared: Any, trained: Any, evaluation: Any, version: str, outcome: Any, cfg: AppConfig
+    prepared: PreparedData,
+    trained: Any,
+    evaluation: Any,
+    version: str,
+    outcome: Any,
+    cfg: AppConfig,
 ) -> dict[str, Any]:
-    """``prepared``/``trained``/``evaluation``/``outcome``: what the train-flow's earlier tasks
+    """``trained``/``evaluation``/``outcome``: what the train-flow's earlier tasks
     returned (data, training run, test predictions, gate outcome)."""
     logger = get_run_logger()
     client = registry.get_client(cfg.tracking_uri)

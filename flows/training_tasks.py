@@ -30,22 +30,12 @@ from prefect.cache_policies import NO_CACHE
 from flows.locks import promotion_lock
 from src import registry
 from src.config import AppConfig
+from src.data.split import PreparedData
 from src.gate import GateDecision, evaluate_gate
 
 # Where the candidate's predictions on the test split are kept in its MLflow run, so a later
 # challenger on the same split hash can be compared with it without re-scoring.
 PREDICTIONS_ARTIFACT = "gate/test_predictions.npy"
-
-
-class PreparedLike(Protocol):
-    """What the data tasks hand over (``src.data.split.PreparedData``)."""
-
-    @property
-    def dataset_path(self) -> Path: ...
-    @property
-    def split_hash(self) -> str: ...
-    @property
-    def data_md5(self) -> str: ...
 
 
 class TrainResultLike(Protocol):
@@ -122,7 +112,7 @@ def reconcile_task(cfg: AppConfig) -> str | None:
 
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
-def train_task(prepared: PreparedLike, cfg: AppConfig) -> TrainResultLike:
+def train_task(prepared: PreparedData, cfg: AppConfig) -> TrainResultLike:
     from src.training import train_model
 
     result: TrainResultLike = train_model(prepared, cfg)
@@ -131,7 +121,7 @@ def train_task(prepared: PreparedLike, cfg: AppConfig) -> TrainResultLike:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
-def evaluate_task(prepared: PreparedLike, trained: TrainResultLike, cfg: AppConfig) -> Evaluation:
+def evaluate_task(prepared: PreparedData, trained: TrainResultLike, cfg: AppConfig) -> Evaluation:
     """Score the logged model — the exact artefact that would be served — on the test split,
     keep its predictions in the run, and publish the metrics table."""
     _use_tracking(cfg)
@@ -192,7 +182,7 @@ def evaluate_task(prepared: PreparedLike, trained: TrainResultLike, cfg: AppConf
 
 @task(name="register-candidate", cache_policy=NO_CACHE, persist_result=False)
 def register_task(
-    prepared: PreparedLike, trained: TrainResultLike, evaluation: Evaluation, cfg: AppConfig
+    prepared: PreparedData, trained: TrainResultLike, evaluation: Evaluation, cfg: AppConfig
 ) -> str:
     """Register the candidate as a new version tagged ``validation_status=pending``."""
     client = registry.get_client(cfg.tracking_uri)
@@ -227,7 +217,7 @@ def champion_predictions(
     client: Any,
     champion: ModelVersion,
     name: str,
-    prepared: PreparedLike,
+    prepared: PreparedData,
     n_test: int,
 ) -> tuple[np.ndarray, str]:
     """Production's predictions on the candidate's test split: reused from its run only when it
@@ -249,7 +239,7 @@ def champion_predictions(
 
 def decide(
     client: Any,
-    prepared: PreparedLike,
+    prepared: PreparedData,
     evaluation: Evaluation,
     candidate_version: str,
     cfg: AppConfig,
@@ -296,7 +286,7 @@ def publish_gate(
 
 @task(name="gate", cache_policy=NO_CACHE, persist_result=False)
 def gate_task(
-    prepared: PreparedLike,
+    prepared: PreparedData,
     trained: TrainResultLike,
     evaluation: Evaluation,
     candidate_version: str,
@@ -322,7 +312,7 @@ def flow_actor() -> str:
 
 @task(name="promote", cache_policy=NO_CACHE, persist_result=False)
 def promote_task(
-    prepared: PreparedLike,
+    prepared: PreparedData,
     trained: TrainResultLike,
     evaluation: Evaluation,
     candidate_version: str,

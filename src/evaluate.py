@@ -18,12 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-)
 
+from src.metrics import score_predictions
 from src.model_io import Classifier
 from src.preprocessing import normalize
 from src.training.data import load_split
@@ -63,21 +59,6 @@ def metric_key(class_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_")
 
 
-def score_predictions(
-    predictions: np.ndarray, labels: np.ndarray, class_names: list[str] | tuple[str, ...]
-) -> tuple[float, float, dict[str, float], np.ndarray]:
-    """accuracy, macro-F1, per-class F1 and confusion matrix (torchmetrics)."""
-    preds = torch.as_tensor(predictions, dtype=torch.int64)
-    target = torch.as_tensor(labels, dtype=torch.int64)
-    classes = len(class_names)
-    accuracy = float(multiclass_accuracy(preds, target, classes, average="micro"))
-    macro_f1 = float(multiclass_f1_score(preds, target, classes, average="macro"))
-    per_class = multiclass_f1_score(preds, target, classes, average="none")
-    confusion = multiclass_confusion_matrix(preds, target, classes).numpy()
-    per_class_f1 = {name: float(per_class[i]) for i, name in enumerate(class_names)}
-    return accuracy, macro_f1, per_class_f1, confusion
-
-
 def evaluate_classifier(
     classifier: Classifier,
     dataset_path: Path | str,
@@ -88,16 +69,16 @@ def evaluate_classifier(
     images, labels = load_split(dataset_path, split)
     probabilities = classifier.predict_proba_batched(normalize(images), batch_size=batch_size)
     predictions = probabilities.argmax(axis=1).astype(np.int64)
-    accuracy, macro_f1, per_class_f1, confusion = score_predictions(
-        predictions, labels, classifier.class_names
-    )
+    scores = score_predictions(labels, predictions, len(classifier.class_names))
     return EvalResult(
-        accuracy=accuracy,
-        macro_f1=macro_f1,
-        per_class_f1=per_class_f1,
+        accuracy=scores.accuracy,
+        macro_f1=scores.macro_f1,
+        per_class_f1={
+            name: float(scores.per_class_f1[i]) for i, name in enumerate(classifier.class_names)
+        },
         predictions=predictions,
         split=split,
-        confusion=confusion,
+        confusion=scores.confusion,
         probabilities=probabilities,
     )
 

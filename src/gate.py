@@ -26,6 +26,7 @@ import numpy as np
 from scipy import stats
 
 from src.config.gate import GateConfig
+from src.metrics import check_pair, classification_metrics
 
 # Below this many discordant pairs the chi-square approximation is poor; use the exact test.
 EXACT_TEST_BELOW = 25
@@ -52,33 +53,6 @@ class McNemarResult:
     method: str
 
 
-def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """F1 of each class id ``0..num_classes-1`` (0 for a class neither present nor predicted)."""
-    y_true, y_pred = _check_pair(y_true, y_pred)
-    n = num_classes
-    confusion = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
-    tp = np.diag(confusion).astype(np.float64)
-    denom = (confusion.sum(axis=1) + confusion.sum(axis=0)).astype(np.float64)
-    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-
-
-def classification_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None
-) -> dict[str, float]:
-    """Accuracy and macro-F1 (mean over the classes present in ``y_true`` or ``y_pred``)."""
-    y_true, y_pred = _check_pair(y_true, y_pred)
-    if len(y_true) == 0:
-        raise ValueError("Cannot score an empty test split; check the prepared dataset.")
-    n = int(max(y_true.max(), y_pred.max()) + 1) if num_classes is None else num_classes
-    present = np.zeros(n, dtype=bool)
-    present[np.unique(np.concatenate([y_true, y_pred]))] = True
-    f1 = per_class_f1(y_true, y_pred, n)
-    return {
-        "accuracy": float(np.mean(y_true == y_pred)),
-        "macro_f1": float(f1[present].mean()),
-    }
-
-
 def mcnemar(
     y_true: np.ndarray,
     candidate_pred: np.ndarray,
@@ -86,8 +60,8 @@ def mcnemar(
     method: str = "auto",
 ) -> McNemarResult:
     """McNemar's test on two prediction vectors for the same labelled images."""
-    y_true, candidate_pred = _check_pair(y_true, candidate_pred)
-    _, champion_pred = _check_pair(y_true, champion_pred)
+    y_true, candidate_pred = check_pair(y_true, candidate_pred)
+    _, champion_pred = check_pair(y_true, champion_pred)
     cand_ok = candidate_pred == y_true
     champ_ok = champion_pred == y_true
     b = int(np.sum(cand_ok & ~champ_ok))
@@ -181,16 +155,3 @@ def evaluate_gate(
                     f"({champ[metric]:.4f})"
                 )
     return GateDecision(passed=not failed, reasons=reasons, details=details)
-
-
-def _check_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y_true = np.asarray(y_true).astype(np.int64).ravel()
-    y_pred = np.asarray(y_pred).astype(np.int64).ravel()
-    if y_true.shape != y_pred.shape:
-        raise ValueError(
-            f"Predictions cover {len(y_pred)} images but the test split has {len(y_true)}; "
-            "score both models on the same prepared test split."
-        )
-    if len(y_true) and (min(y_true.min(), y_pred.min()) < 0):
-        raise ValueError("Class ids must be non-negative integers.")
-    return y_true, y_pred

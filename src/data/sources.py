@@ -33,6 +33,7 @@ import requests
 
 from src.config.data import DataConfig
 from src.data.io import IDX_IMAGES, IDX_LABELS, KAGGLE_CSV, data_files, read_images
+from src.hashing import file_md5
 
 # Published md5s of the original Fashion-MNIST training files.
 KNOWN_MD5: dict[str, str] = {
@@ -65,14 +66,6 @@ class FetchedData:
     source: str
     verified: bool = False  # matched the published md5s / content md5
     notes: list[str] = field(default_factory=list)
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_md5(images: np.ndarray, labels: np.ndarray) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 
 from src.config.data import DataConfig
 from src.data.io import read_images
+from src.hashing import file_md5
 
 PARTS = ("train", "val", "test")
 DATASET_FILE = "splits.npz"
@@ -34,6 +35,14 @@ class PreparedData:
     split_hash: str
     data_md5: str
     counts: dict[str, int]
+
+    @classmethod
+    def from_file(cls, dataset_path: Path, data_md5: str = "", split_hash: str = "") -> PreparedData:
+        """A split ``.npz`` made elsewhere; a hash not given is the file's md5."""
+        with np.load(dataset_path) as arrays:
+            counts = {p: len(arrays[f"y_{p}"]) for p in PARTS if f"y_{p}" in arrays.files}
+        npz_md5 = file_md5(dataset_path) if not (data_md5 and split_hash) else ""
+        return cls(dataset_path, split_hash or npz_md5, data_md5 or npz_md5, counts)
 
 
 # Fixed odd multipliers for the 2 x 64-bit linear hash below (a constant, not hash()).

@@ -29,6 +29,7 @@ import yaml
 
 from src.config.data import DataConfig
 from src.data.io import data_files
+from src.hashing import file_md5
 
 
 class VersioningError(RuntimeError):
@@ -44,14 +45,6 @@ class DataVersion:
     data_dir: Path
 
 
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def listing_md5(file_md5s: dict[str, str]) -> str:
     """DVC's directory hash from ``relpath -> md5``: md5 of the sorted JSON listing + ``.dir``."""
     entries = sorted(
@@ -64,7 +57,7 @@ def listing_md5(file_md5s: dict[str, str]) -> str:
 
 def dir_md5(files: list[Path], base: Path) -> str:
     """DVC's directory hash of ``files`` (relative to ``base``)."""
-    return listing_md5({p.relative_to(base).as_posix(): _file_md5(p) for p in files})
+    return listing_md5({p.relative_to(base).as_posix(): file_md5(p) for p in files})
 
 
 def folder_md5(folder: Path) -> str:

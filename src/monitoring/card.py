@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from src.labels import CLASS_NAMES
+from src.metrics import score_predictions
 
 CARD_ARTIFACT = "model_card.md"
 MODEL_CARD_TAG = "model_card"  # version tag the API serves at GET /model/card
@@ -75,13 +76,17 @@ def validation_summary(outputs: Path, data_md5: str) -> dict[str, Any] | None:
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, list[str]]:
     n = len(CLASS_NAMES)
-    confusion = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+    if len(y_true):
+        scores = score_predictions(y_true, y_pred, n)
+        confusion, f1s = scores.confusion, scores.per_class_f1
+    else:
+        confusion, f1s = np.zeros((n, n), dtype=np.int64), np.zeros(n)
     rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for i, name in enumerate(CLASS_NAMES):
         tp = confusion[i, i]
         precision = tp / max(confusion[:, i].sum(), 1)
         recall = tp / max(confusion[i].sum(), 1)
-        f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+        f1 = f1s[i]
         rows.append(
             f"| {name} | {precision:.4f} | {recall:.4f} | {f1:.4f} | {confusion[i].sum()} |"
         )

@@ -9,26 +9,9 @@ pipeline instead (data flow, training, gate, promotion).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-
-
-@dataclass
-class PreparedFile:
-    dataset_path: Path
-    data_md5: str
-    split_hash: str
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from src.config import ConfigError, load_config
+    from src.data.split import PreparedData
     from src.training import train_model
 
     dataset = Path(args.dataset)
@@ -56,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    npz_md5 = file_md5(dataset)
-    prepared = PreparedFile(dataset, args.data_md5 or npz_md5, args.split_hash or npz_md5)
+    prepared = PreparedData.from_file(dataset, args.data_md5, args.split_hash)
     result = train_model(prepared, cfg)
     print(
         json.dumps(

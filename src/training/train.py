@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import lightning as L
 import mlflow
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from src.config import AppConfig
 from src.config.train import TrainConfig
+from src.data.split import PreparedData
 from src.evaluate import EvalResult, evaluate_classifier
 from src.labels import CLASS_NAMES
 from src.model_io import Classifier, log_classifier, log_onnx
@@ -46,12 +47,6 @@ from src.training.report import plot_confusion_matrix, plot_learning_curves, plo
 
 log = logging.getLogger(__name__)
 MONITOR = "val_macro_f1"
-
-
-class PreparedLike(Protocol):
-    dataset_path: Path
-    data_md5: str
-    split_hash: str
 
 
 @dataclass
@@ -201,15 +196,15 @@ def _resolve_resume(cfg: AppConfig, checkpoint_root: Path) -> str | None:
     return str(path)
 
 
-def _params(cfg: AppConfig, prepared: PreparedLike, model: torch.nn.Module) -> dict[str, Any]:
+def _params(cfg: AppConfig, prepared: PreparedData, model: torch.nn.Module) -> dict[str, Any]:
     params: dict[str, Any] = {k: v for k, v in cfg.train.model_dump(mode="json").items()}
     widths, blocks = cfg.train.resolved_shape()
     params.update(
         widths="-".join(str(w) for w in widths),
         blocks_per_stage=blocks,
         num_parameters=sum(p.numel() for p in model.parameters()),
-        data_md5=getattr(prepared, "data_md5", ""),
-        split_hash=getattr(prepared, "split_hash", ""),
+        data_md5=prepared.data_md5,
+        split_hash=prepared.split_hash,
         profile=cfg.profile,
         torch_version=torch.__version__,
         lightning_version=L.__version__,
@@ -236,7 +231,7 @@ class FitOutcome:
 
 
 def train_model(
-    prepared: PreparedLike, cfg: AppConfig, client: MlflowClient | None = None
+    prepared: PreparedData, cfg: AppConfig, client: MlflowClient | None = None
 ) -> TrainResult:
     """Train ``cfg.train`` on ``prepared.dataset_path``; log run, metrics, figures, pt2 + ONNX model.
 
@@ -267,7 +262,7 @@ def train_model(
     )
 
 
-def prepare_fit(prepared: PreparedLike, cfg: AppConfig) -> FitSetup:
+def prepare_fit(prepared: PreparedData, cfg: AppConfig) -> FitSetup:
     """Seed, pick deterministic algorithms in the reproducible mode, build data and module."""
     tcfg = cfg.train
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
@@ -297,13 +292,13 @@ def prepare_fit(prepared: PreparedLike, cfg: AppConfig) -> FitSetup:
     )
 
 
-def start_run(client: MlflowClient, cfg: AppConfig, prepared: PreparedLike, setup: FitSetup) -> str:
+def start_run(client: MlflowClient, cfg: AppConfig, prepared: PreparedData, setup: FitSetup) -> str:
     """Create the MLflow run with its tags and parameters (the machine included)."""
     experiment_id = ensure_experiment(client, cfg)
     tags = {
         "git_commit": git_commit(cfg.paths.root),
-        "data_md5": getattr(prepared, "data_md5", ""),
-        "split_hash": getattr(prepared, "split_hash", ""),
+        "data_md5": prepared.data_md5,
+        "split_hash": prepared.split_hash,
         "dataset_path": str(prepared.dataset_path),
         "profile": cfg.profile,
         "training_mode": training_mode(cfg.train),
@@ -377,7 +372,7 @@ def fit_model(cfg: AppConfig, setup: FitSetup, run_id: str) -> FitOutcome:
 def evaluate_best(
     client: MlflowClient,
     run_id: str,
-    prepared: PreparedLike,
+    prepared: PreparedData,
     setup: FitSetup,
     fit: FitOutcome,
 ) -> tuple[torch.nn.Module, dict[str, EvalResult], dict[str, float]]:
@@ -417,7 +412,7 @@ def log_evaluation(
     client: MlflowClient,
     run_id: str,
     cfg: AppConfig,
-    prepared: PreparedLike,
+    prepared: PreparedData,
     module: FashionClassifier,
     results: dict[str, EvalResult],
 ) -> Path:
@@ -453,7 +448,7 @@ def log_model(
     client: MlflowClient,
     run_id: str,
     cfg: AppConfig,
-    prepared: PreparedLike,
+    prepared: PreparedData,
     model: torch.nn.Module,
     test: EvalResult,
 ) -> tuple[str, Path | None]:
@@ -464,8 +459,8 @@ def log_model(
         "flip_tta": cfg.train.flip_tta,
         "test_accuracy": test.accuracy,
         "test_macro_f1": test.macro_f1,
-        "data_md5": getattr(prepared, "data_md5", ""),
-        "split_hash": getattr(prepared, "split_hash", ""),
+        "data_md5": prepared.data_md5,
+        "split_hash": prepared.split_hash,
     }
     # MLflow's model logging only knows the fluent API: point it at this run, then restore.
     with _fluent_run(cfg.tracking_uri, run_id):

@@ -9,7 +9,8 @@ import pytest
 
 from tests.helpers.config import data_config
 from src.data.io import read_images, read_table
-from src.data.sources import KNOWN_CONTENT_MD5, KNOWN_MD5, content_md5, file_md5
+from src.data.sources import KNOWN_CONTENT_MD5, KNOWN_MD5, content_md5
+from src.hashing import file_md5
 from src.data.split import split_hash, split_indices
 from src.data.validation import validate
 

@@ -27,15 +27,9 @@ from flows.training_tasks import (
     register_task,
 )
 from src.config import load_config
+from src.data.split import PreparedData
 from src.model_io import log_classifier
 from tests.flows.conftest import tiny_model
-
-
-@dataclass
-class Prepared:
-    dataset_path: Path
-    split_hash: str = "race-split"
-    data_md5: str = "race-md5"
 
 
 @dataclass
@@ -65,7 +59,7 @@ def race_flow(dataset: str, seed: int, barrier: str, runners: int) -> dict[str, 
     )
     with mlflow.start_run(experiment_id=experiment) as run:
         info = log_classifier(tiny_model(seed))
-    prepared = Prepared(Path(dataset))
+    prepared = PreparedData.from_file(Path(dataset), data_md5="race-md5", split_hash="race-split")
     trained = Trained(run.info.run_id, info.model_uri)
     evaluation = evaluate_task(prepared, trained, cfg)
     version = register_task(prepared, trained, evaluation, cfg)

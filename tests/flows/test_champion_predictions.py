@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -11,17 +10,15 @@ import pytest
 
 from flows.training_tasks import champion_predictions, score_model, store_test_predictions
 from src import registry
+from src.data.split import PreparedData
 from src.model_io import log_classifier
 from tests.flows.conftest import TinyStore, tiny_model
 
 NAME = "champion-predictions"
 
 
-@dataclass
-class Prepared:
-    dataset_path: Path
-    split_hash: str
-    data_md5: str
+def make_prepared(dataset_path: Path, split_hash: str, data_md5: str) -> PreparedData:
+    return PreparedData.from_file(dataset_path, data_md5=data_md5, split_hash=split_hash)
 
 
 def _dataset(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
@@ -36,8 +33,8 @@ def test_a_pixel_only_fix_re_scores_production(tiny_store: TinyStore, tmp_path: 
     labels = rng.integers(0, 10, size=400)
     old_pixels = rng.integers(0, 256, size=(400, 28, 28), dtype=np.uint8)
     new_pixels = (255 - old_pixels).astype(np.uint8)  # every image fixed, order unchanged
-    old = Prepared(_dataset(tmp_path / "old.npz", old_pixels, labels), "split-1", "md5-old")
-    new = Prepared(_dataset(tmp_path / "new.npz", new_pixels, labels), "split-1", "md5-new")
+    old = make_prepared(_dataset(tmp_path / "old.npz", old_pixels, labels), "split-1", "md5-old")
+    new = make_prepared(_dataset(tmp_path / "new.npz", new_pixels, labels), "split-1", "md5-new")
 
     mlflow.set_tracking_uri(tiny_store.tracking_uri)
     client = registry.get_client(tiny_store.tracking_uri)
@@ -78,7 +75,7 @@ def test_either_hash_differing_means_re_scoring(
         client, NAME + "-2", model_uri=tiny_store.model_uri, run_id=tiny_store.run_id, tags=tags
     )
     store_test_predictions(client, tiny_store.run_id, np.full(50, 9))  # not the model's answers
-    prepared = Prepared(dataset, **{**{"data_md5": "m", "split_hash": "s"}, changed: "other"})
+    prepared = make_prepared(dataset, **{**{"data_md5": "m", "split_hash": "s"}, changed: "other"})
     mlflow.set_tracking_uri(tiny_store.tracking_uri)
     _, source = champion_predictions(client, mv, NAME + "-2", prepared, len(labels))
     assert source == "re-scored on this run's test split"

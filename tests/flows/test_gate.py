@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.gate import classification_metrics, evaluate_gate, mcnemar
+from src.gate import evaluate_gate, mcnemar
+from src.metrics import classification_metrics
 from tests.helpers.config import gate_config
 
 

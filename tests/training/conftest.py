@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from src.config import AppConfig, load_config
+from src.data.split import PreparedData
 
 
-@dataclass
-class TinyPrepared:
-    dataset_path: Path
-    data_md5: str = "tiny-md5"
-    split_hash: str = "tiny-split"
+def tiny_prepared(dataset_path: Path) -> PreparedData:
+    return PreparedData.from_file(dataset_path, data_md5="tiny-md5", split_hash="tiny-split")
 
 
 def _read_idx(folder: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,4 +62,4 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: Path) -> tuple[
 
     root = tmp_path_factory.mktemp("project")
     cfg = tiny_config(root, ema_decay=0.9)  # also exercises the EMA callback path
-    return train_model(TinyPrepared(tiny_npz), cfg), cfg
+    return train_model(tiny_prepared(tiny_npz), cfg), cfg

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from src.config import AppConfig
 from src.training import TrainResult, train_model
-from tests.training.conftest import TinyPrepared, tiny_config
+from tests.training.conftest import tiny_config, tiny_prepared
 
 METRICS = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "epochs_completed")
 
@@ -28,7 +28,7 @@ def test_reproducible_mode_repeats_epochs_and_metrics(
     first, first_cfg = tiny_run  # the smoke profile: no time budget -> reproducible
     assert first_cfg.train.time_budget_minutes is None
     again_cfg = tiny_config(tmp_path, ema_decay=0.9)
-    second = train_model(TinyPrepared(tiny_npz), again_cfg)
+    second = train_model(tiny_prepared(tiny_npz), again_cfg)
     for key in METRICS:
         assert round(second.metrics[key], 4) == round(first.metrics[key], 4), key
     assert first.metrics["epochs_completed"] == first_cfg.train.max_epochs == 2
@@ -71,7 +71,7 @@ def test_time_fitted_mode_fits_the_epochs_to_the_budget(
     """A budget shorter than one epoch: one epoch is trained of max_epochs 3, the schedule was
     planned for one, and the run says so; the wall-clock cut applies in this mode."""
     cfg = tiny_config(tmp_path, max_epochs=3, time_budget_minutes=budget_minutes)
-    result = train_model(TinyPrepared(tiny_npz), cfg)
+    result = train_model(tiny_prepared(tiny_npz), cfg)
     data = _run_data(result, cfg)
     assert data.params["training_mode"] == "time-fitted"
     assert data.params["deterministic"] == "False"
