@@ -26,7 +26,7 @@ from src.config import TrainConfig, load_config
 from src.preprocessing import normalize
 from src.training.augment import augment_batch
 from src.training.data import FashionDataModule
-from src.training.module import FashionClassifier
+from src.training.module import LitClassifier
 from src.training.train import ema_update
 
 WARMUP_STEPS = 10
@@ -52,7 +52,7 @@ def bench_bare(cfg: TrainConfig, dataset: Path, steps: int) -> float:
     L.seed_everything(cfg.seed, verbose=False)
     with np.load(dataset) as data:
         images, labels = normalize(data["x_train"]), torch.as_tensor(data["y_train"])
-    module = FashionClassifier(cfg)  # same model construction (and channels_last) as Lightning
+    module = LitClassifier(cfg)  # same model construction (and channels_last) as Lightning
     model = module.model.train()
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=True
@@ -113,7 +113,7 @@ class _Timer(Callback):
 def bench_lightning(cfg: TrainConfig, dataset: Path, steps: int) -> float:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = FashionDataModule(dataset, batch_size=cfg.batch_size, seed=cfg.seed)
-    module = FashionClassifier(cfg)
+    module = LitClassifier(cfg)
     timer = _Timer()
     callbacks: list[Callback] = [timer]
     if cfg.ema_decay > 0:

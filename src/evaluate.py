@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from src.metrics import score_predictions
-from src.model_io import Classifier
+from src.model_io import LoadedClassifier
 from src.preprocessing import normalize
 from src.training.data import load_split
 
@@ -60,7 +60,7 @@ def metric_key(class_name: str) -> str:
 
 
 def evaluate_classifier(
-    classifier: Classifier,
+    classifier: LoadedClassifier,
     dataset_path: Path | str,
     split: str = "test",
     batch_size: int = 1000,
@@ -83,10 +83,10 @@ def evaluate_classifier(
     )
 
 
-def classifier_from_checkpoint(path: Path | str) -> Classifier:
+def classifier_from_checkpoint(path: Path | str) -> LoadedClassifier:
     """Rebuild the model from a Lightning checkpoint written by training (fp32, eval mode)."""
     from src.labels import CLASS_NAMES
-    from src.training.module import FashionClassifier
+    from src.training.module import LitClassifier
 
     path = Path(path)
     if not path.is_file():
@@ -95,9 +95,9 @@ def classifier_from_checkpoint(path: Path | str) -> Classifier:
         )
     # Lightning checkpoints hold plain Python state besides tensors: needs weights_only=False
     # (torch>=2.6 defaults to True). Only load checkpoints you wrote yourself.
-    module = FashionClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    module = LitClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     model = module.model.float().to(memory_format=torch.contiguous_format).eval()
-    return Classifier(module=model, class_names=list(CLASS_NAMES), model_uri=str(path))
+    return LoadedClassifier(module=model, class_names=list(CLASS_NAMES), model_uri=str(path))
 
 
 def _default_dataset() -> Path:

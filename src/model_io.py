@@ -77,8 +77,10 @@ def log_classifier(
 
 
 @dataclass
-class Classifier:
-    """A loaded model plus what is needed to name its answers."""
+class LoadedClassifier:
+    """A logged model (or checkpoint) loaded back for scoring, plus what names its answers.
+
+    Not the trainer: that is :class:`src.training.module.LitClassifier`."""
 
     module: torch.nn.Module
     class_names: list[str]
@@ -101,20 +103,20 @@ class Classifier:
         return np.concatenate(parts) if parts else np.zeros((0, len(self.class_names)), np.float32)
 
 
-def load_classifier(model_uri: str) -> Classifier:
+def load_classifier(model_uri: str) -> LoadedClassifier:
     """Load a model logged by :func:`log_classifier` from any MLflow URI (``models:/...``, ``runs:/...``, path)."""
     local_path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     return load_classifier_from_path(local_path, model_uri=model_uri)
 
 
-def load_classifier_from_path(local_path: Path, model_uri: str = "") -> Classifier:
+def load_classifier_from_path(local_path: Path, model_uri: str = "") -> LoadedClassifier:
     mlmodel = Model.load(str(local_path / "MLmodel"))
     metadata = dict(mlmodel.metadata or {})
     class_names = metadata.get("class_names") or list(CLASS_NAMES)
     if isinstance(class_names, str):
         class_names = json.loads(class_names)
     module = mlflow.pytorch.load_model(str(local_path), map_location="cpu")
-    return Classifier(
+    return LoadedClassifier(
         module=module,
         class_names=list(class_names),
         metadata=metadata,

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-IMAGE_SIDE = 28
-N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+from src.labels import IMAGE_SIZE
+
+N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 LABEL_COLUMN = "label"
 PIXEL_COLUMNS: list[str] = [f"pixel{i}" for i in range(1, N_PIXELS + 1)]
 COLUMNS: list[str] = [LABEL_COLUMN, *PIXEL_COLUMNS]
@@ -115,7 +116,7 @@ def read_idx(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarr
     """Read an IDX image/label pair (gzip or raw) into ``uint8 (N,28,28)`` and ``int64 (N,)``."""
     images = _parse_idx(images_path, _IMAGES_MAGIC, 3)
     labels = _parse_idx(labels_path, _LABELS_MAGIC, 1)
-    if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataFormatError(
             f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28; {FIX_HINT}."
         )
@@ -190,7 +191,7 @@ def table_to_arrays(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
             )
         if values.size and (as_float.min() < 0 or as_float.max() > high):
             raise DataFormatError(f"{name} values outside 0..{high}; validate the data first.")
-    images = pixels.astype(np.uint8).reshape(len(table), IMAGE_SIDE, IMAGE_SIDE)
+    images = pixels.astype(np.uint8).reshape(len(table), IMAGE_SIZE, IMAGE_SIZE)
     return images, labels.astype(np.int64)
 
 

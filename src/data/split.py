@@ -21,6 +21,7 @@ import numpy as np
 from src.config.data import DataConfig
 from src.data.io import read_images
 from src.hashing import file_md5
+from src.labels import NUM_CLASSES
 
 PARTS = ("train", "val", "test")
 DATASET_FILE = "splits.npz"
@@ -183,7 +184,7 @@ def prepare_splits(
         "fractions": list(cfg.split_fractions),
         "counts": counts,
         "class_counts": {
-            name: np.bincount(labels[idx], minlength=10).tolist()
+            name: np.bincount(labels[idx], minlength=NUM_CLASSES).tolist()
             for name, idx in zip(PARTS, (train, val, test), strict=True)
         },
         "bytes": dataset.stat().st_size,

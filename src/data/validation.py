@@ -37,9 +37,9 @@ import pandas as pd
 from src.config.data import DataConfig
 from src.data.io import COLUMNS, N_PIXELS
 from src.data.split import image_groups
+from src.labels import NUM_CLASSES
 
 SUITE_NAME = "fashion-mnist-train"
-N_CLASSES = 10
 _EXAMPLES = 5
 
 
@@ -190,9 +190,9 @@ def build_profile(table: pd.DataFrame) -> Profile:
         }
     )
     in_range = labels[np.isfinite(labels)]
-    counts = np.array([(in_range == c).sum() for c in range(N_CLASSES)], dtype=np.int64)
+    counts = np.array([(in_range == c).sum() for c in range(NUM_CLASSES)], dtype=np.int64)
     classes = pd.DataFrame(
-        {"label": np.arange(N_CLASSES), "count": counts, "share": counts / max(n, 1)}
+        {"label": np.arange(NUM_CLASSES), "count": counts, "share": counts / max(n, 1)}
     )
     n_groups = int(codes.max()) + 1 if n else 0
     stats = {
@@ -219,7 +219,7 @@ def _suites(cfg: DataConfig) -> dict[str, Any]:
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    labels = list(range(N_CLASSES))
+    labels = list(range(NUM_CLASSES))
     return {
         "table": gx.ExpectationSuite(
             name=f"{SUITE_NAME}-table",
@@ -258,7 +258,7 @@ def _suites(cfg: DataConfig) -> dict[str, Any]:
         "classes": gx.ExpectationSuite(
             name=f"{SUITE_NAME}-classes",
             expectations=[
-                gxe.ExpectTableRowCountToEqual(value=N_CLASSES),
+                gxe.ExpectTableRowCountToEqual(value=NUM_CLASSES),
                 gxe.ExpectColumnValuesToBeBetween(
                     column="share", min_value=cfg.class_share_min, max_value=cfg.class_share_max
                 ),

@@ -27,8 +27,9 @@ def warmup_cosine(progress: float, warmup_fraction: float, floor: float = 1e-3) 
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * decay))
 
 
-class FashionClassifier(L.LightningModule):
-    """Trains ``build_model(cfg)``; validation/test metrics are accuracy and macro-F1."""
+class LitClassifier(L.LightningModule):
+    """The Lightning module that trains ``build_model(cfg)``; validation/test metrics are accuracy
+    and macro-F1. The trained model, logged and loaded back, is :class:`src.model_io.LoadedClassifier`."""
 
     def __init__(self, train_cfg: dict[str, Any] | TrainConfig) -> None:
         super().__init__()

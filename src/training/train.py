@@ -39,10 +39,10 @@ from src.config.train import TrainConfig
 from src.data.split import PreparedData
 from src.evaluate import EvalResult, evaluate_classifier
 from src.labels import CLASS_NAMES
-from src.model_io import Classifier, log_classifier, log_onnx
+from src.model_io import LoadedClassifier, log_classifier, log_onnx
 from src.preprocessing import normalize
 from src.training.data import FashionDataModule, load_split
-from src.training.module import FashionClassifier
+from src.training.module import LitClassifier
 from src.training.report import plot_confusion_matrix, plot_learning_curves, plot_misclassified
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def machine_params(tcfg: TrainConfig) -> dict[str, Any]:
 
 
 def stop_reason(
-    trainer: L.Trainer, module: FashionClassifier, early: EarlyStopping, max_epochs: int
+    trainer: L.Trainer, module: LitClassifier, early: EarlyStopping, max_epochs: int
 ) -> str:
     """Why fit ended, in words (logged as the run's ``stop_reason`` tag)."""
     done = int(module.history[-1]["epoch"]) if module.history else trainer.current_epoch
@@ -217,7 +217,7 @@ class FitSetup:
     """Everything a fit needs, built before the MLflow run starts."""
 
     datamodule: FashionDataModule
-    module: FashionClassifier
+    module: LitClassifier
     checkpoint_root: Path
     resume_from: str | None
 
@@ -286,7 +286,7 @@ def prepare_fit(prepared: PreparedData, cfg: AppConfig) -> FitSetup:
     checkpoint_root = cfg.paths.resolve(tcfg.checkpoint_dir)
     return FitSetup(
         datamodule=datamodule,
-        module=FashionClassifier(tcfg),
+        module=LitClassifier(tcfg),
         checkpoint_root=checkpoint_root,
         resume_from=_resolve_resume(cfg, checkpoint_root),
     )
@@ -383,7 +383,7 @@ def evaluate_best(
         best = torch.load(best_path, map_location="cpu", weights_only=False)
         module.load_state_dict(best["state_dict"])
     model = module.model.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
-    classifier = Classifier(module=model, class_names=list(CLASS_NAMES))
+    classifier = LoadedClassifier(module=model, class_names=list(CLASS_NAMES))
     results = {
         split: evaluate_classifier(classifier, Path(prepared.dataset_path), split=split)
         for split in ("val", "test")
@@ -413,7 +413,7 @@ def log_evaluation(
     run_id: str,
     cfg: AppConfig,
     prepared: PreparedData,
-    module: FashionClassifier,
+    module: LitClassifier,
     results: dict[str, EvalResult],
 ) -> Path:
     """Figures, the evaluation table, the history and the test predictions, into the run."""

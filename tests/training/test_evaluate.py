@@ -13,7 +13,7 @@ import torch
 from src.config import AppConfig
 from src.evaluate import evaluate_classifier, main, metric_key
 from src.labels import CLASS_NAMES
-from src.model_io import Classifier
+from src.model_io import LoadedClassifier
 from src.training import TrainResult
 
 
@@ -25,7 +25,7 @@ class _Oracle(torch.nn.Module):
 
 
 def test_evaluate_classifier_scores(tiny_npz: Path) -> None:
-    classifier = Classifier(module=_Oracle(), class_names=list(CLASS_NAMES))
+    classifier = LoadedClassifier(module=_Oracle(), class_names=list(CLASS_NAMES))
     result = evaluate_classifier(classifier, tiny_npz, "val")
     with np.load(tiny_npz) as data:
         labels = data["y_val"]
