@@ -20,7 +20,7 @@ from src.api import create_app
 from src.config import ConfigError, load_config
 from src.preprocessing import normalize, preprocess_image
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
-from tests.api.conftest import Registry, encode, make_config, sample_images, wait_until
+from tests.helpers.api import Registry, encode, make_config, sample_images, wait_until
 
 GOOD_PNG = encode(sample_images(1)[0])
 KEY = "k3y-for-tests-0123456789abcdef"

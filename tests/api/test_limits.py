@@ -21,8 +21,8 @@ from src.preprocessing import ImageDecodeError, decode_image, to_model_image
 from src.serving.inference import ClientGone, ImageLimits, decode_all
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
 from src.serving.multipart import MultipartError, parse_parts
-from tests.api.conftest import Registry, encode, make_config, sample_images, wait_until
 from tests.api.test_api import _client
+from tests.helpers.api import Registry, encode, make_config, sample_images, wait_until
 
 GOOD_PNG = encode(sample_images(1)[0])
 

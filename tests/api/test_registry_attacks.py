@@ -15,7 +15,7 @@ import mlflow
 import torch
 
 from src.model_io import MODEL_ARTIFACT_NAME
-from tests.api.conftest import Registry, encode, sample_images, wait_until
+from tests.helpers.api import Registry, encode, sample_images, wait_until
 
 GOOD_PNG = encode(sample_images(1)[0])
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from src.serving.model_store import ModelStore
 from src.serving.redact import redact_text, redact_uri
-from tests.api.conftest import ModelSources, Registry, free_port, wait_until
+from tests.helpers.api import ModelSources, Registry, free_port, wait_until
 
 
 def _store(uri: str, name: str) -> ModelStore:

@@ -18,7 +18,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
 from src.api import create_app
-from tests.api.conftest import ModelSources, Registry, make_config, wait_until
+from tests.helpers.api import ModelSources, Registry, make_config, wait_until
 
 MAX_EXAMPLES = 12
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import REPO_ROOT, Registry, encode, free_port, sample_images
+from tests.helpers.api import REPO_ROOT, Registry, encode, free_port, sample_images
 
 LOAD_CLIENTS = 32
 LOAD_SECONDS = 30.0

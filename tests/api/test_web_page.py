@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Registry, encode, sample_images
+from tests.helpers.api import Registry, encode, sample_images
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -21,7 +21,7 @@ from src.data.sources import DownloadError, TransientDownloadError
 from src.data.validation import DataValidationError
 from src.data.versioning import read_dvc_md5
 from tests.helpers.config import app_config
-from tests.data.conftest import make_dvc_project, make_images, tiny_config, tree_snapshot
+from tests.helpers.data import make_dvc_project, make_images, tiny_config, tree_snapshot
 
 
 @pytest.fixture(scope="module", autouse=True)

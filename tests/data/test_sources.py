@@ -24,7 +24,7 @@ from src.data.sources import (
     fetch_source,
     kaggle_credentials_present,
 )
-from tests.data.conftest import tiny_config
+from tests.helpers.data import tiny_config
 
 
 class _Server:

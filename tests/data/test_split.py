@@ -10,7 +10,7 @@ import pytest
 from tests.helpers.config import data_config
 from src.data.io import write_idx
 from src.data.split import prepare_splits, split_hash, split_indices
-from tests.data.conftest import make_images
+from tests.helpers.data import make_images
 
 
 def test_split_is_stratified_deterministic_and_disjoint() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from src.data.io import read_images, write_idx
 from src.data.versioning import folder_md5, pull_data, read_dvc_md5, version_data
-from tests.data.conftest import git, make_images, tiny_config, tree_snapshot
+from tests.helpers.data import git, make_images, tiny_config, tree_snapshot
 
 
 def test_add_push_unchanged_then_fresh_clone_pulls(

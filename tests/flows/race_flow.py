@@ -29,7 +29,7 @@ from flows.training_tasks import (
 from src.config import load_config
 from src.data.split import PreparedData
 from src.model_io import log_classifier
-from tests.flows.conftest import tiny_model
+from tests.helpers.flows import tiny_model
 
 
 @dataclass

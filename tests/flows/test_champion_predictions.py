@@ -12,7 +12,7 @@ from flows.training_tasks import champion_predictions, score_model, store_test_p
 from src import registry
 from src.data.split import PreparedData
 from src.model_io import log_classifier
-from tests.flows.conftest import TinyStore, tiny_model
+from tests.helpers.flows import TinyStore, tiny_model
 
 NAME = "champion-predictions"
 

@@ -14,7 +14,7 @@ import yaml
 from flows.train_flow import TrainFlowParams
 from src import registry
 from src.config import load_config
-from tests.flows.conftest import (
+from tests.helpers.flows import (
     BIN,
     PrefectServer,
     TinySources,

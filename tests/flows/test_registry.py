@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from src import registry
 from src.model_io import load_classifier
-from tests.flows.conftest import PrefectServer, TinyStore, project_env
+from tests.helpers.flows import PrefectServer, TinyStore, project_env
 
 _names = itertools.count()
 

@@ -5,7 +5,6 @@ over HTTP."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ import pytest
 from flows.rollback_flow import rollback_flow
 from src import registry
 from src.model_io import log_classifier
-from tests.flows.conftest import tiny_model
+from tests.helpers.api import free_port
+from tests.helpers.flows import tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "rollback-model"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _served_version(url: str) -> str | None:
@@ -82,7 +76,7 @@ def test_running_api_follows_a_rollback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uri, v1, v2 = two_versions
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "MLFLOW_"))},

@@ -21,7 +21,8 @@ from flows.training_tasks import score_model, store_test_predictions
 from src import registry
 from src.data.sources import TransientDownloadError
 from src.model_io import log_classifier
-from tests.flows.conftest import (
+from tests.flows.fakes import Constant, Memorizer
+from tests.helpers.flows import (
     TinySources,
     api_post,
     flow_run_artifacts,
@@ -29,7 +30,6 @@ from tests.flows.conftest import (
     project_env,
     task_run_states,
 )
-from tests.flows.fakes import Constant, Memorizer
 
 pytestmark = pytest.mark.integration
 

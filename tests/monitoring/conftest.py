@@ -10,43 +10,21 @@ import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from src.config import AppConfig
-from tests.api.conftest import (  # noqa: F401  (fixtures re-exported for this package)
-    Registry,
-    free_port,
-    make_config,
+from tests.api.conftest import (  # noqa: F401  (fixtures registered for this package too)
     model_sources,
     registry,
     server_factory,
 )
 from tests.api.test_web_page import browser_page  # noqa: F401
 from tests.flows.conftest import prefect_api, prefect_server, tiny_sources  # noqa: F401
-
-
-def monitored_config(
-    reg: Registry, tmp_path: Path, monitor: dict[str, Any] | None = None, **serve: Any
-) -> AppConfig:
-    """The API test config with the prediction log in ``tmp_path`` (fast flushes)."""
-    cfg = make_config(reg.tracking_uri, reg.name, **serve)
-    settings = {
-        "store_url": f"sqlite:///{tmp_path / 'predictions.db'}",
-        "flush_interval_s": 0.05,
-        "stats_interval_s": 0.2,
-        **(monitor or {}),
-    }
-    return cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update=settings)})
-
-
-# --- a throw-away PostgreSQL on 127.0.0.1 (Debian's package; the server refuses root) ------------
-PG_BIN = Path(os.environ.get("STACK_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+from tests.helpers.api import free_port
+from tests.helpers.monitoring import (
+    PG_BIN,
+    as_postgres,
+)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +38,7 @@ def postgres_url() -> Iterator[str]:
     data, port = folder / "data", free_port()
     run = partial(subprocess.run, check=True, capture_output=True, timeout=120)
     run(
-        _as_postgres(
+        as_postgres(
             [
                 str(PG_BIN / "initdb"),
                 "-D",
@@ -77,7 +55,7 @@ def postgres_url() -> Iterator[str]:
     )
     options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
     pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-o", options]
-    run(_as_postgres([*pg_ctl, "-w", "-t", "60", "start"]))
+    run(as_postgres([*pg_ctl, "-w", "-t", "60", "start"]))
     try:
         run(
             [
@@ -94,7 +72,7 @@ def postgres_url() -> Iterator[str]:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/monitoring"
     finally:
         subprocess.run(
-            _as_postgres([*pg_ctl[:3], "-m", "fast", "-w", "stop"]),
+            as_postgres([*pg_ctl[:3], "-m", "fast", "-w", "stop"]),
             capture_output=True,
             timeout=120,
         )

@@ -31,8 +31,8 @@ from src.gate import evaluate_gate
 from src.model_io import log_classifier, log_onnx
 from src.monitoring import versioning
 from src.monitoring.card import build_card
-from tests.api.conftest import encode, start_server, stop_server, wait_until
-from tests.flows.conftest import QUIET_ENV, PrefectServer, api_post
+from tests.helpers.api import encode, start_server, stop_server, wait_until
+from tests.helpers.flows import QUIET_ENV, PrefectServer, api_post
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "loop-classifier"

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from src.api import create_app
 from src.monitoring.store import PredictionStore
-from tests.api.conftest import Registry, encode, sample_images, wait_until
-from tests.monitoring.conftest import monitored_config
+from tests.helpers.api import Registry, encode, sample_images, wait_until
+from tests.helpers.monitoring import monitored_config
 from tests.monitoring.test_store import _record
 
 pytestmark = pytest.mark.integration

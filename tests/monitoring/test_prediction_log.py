@@ -16,8 +16,8 @@ from PIL import Image
 
 from src.api import create_app
 from src.monitoring.store import PredictionStore, predictions
-from tests.api.conftest import Registry, encode, sample_images, wait_until
-from tests.monitoring.conftest import monitored_config
+from tests.helpers.api import Registry, encode, sample_images, wait_until
+from tests.helpers.monitoring import monitored_config
 
 KEY = "k3y-for-tests-0123456789abcdef"
 # The constant T-shirt model puts logit 6 on class 0 and 0 elsewhere.

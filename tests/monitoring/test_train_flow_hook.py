@@ -12,7 +12,7 @@ import pytest
 from flows.train_flow import TrainFlowParams, train_flow
 from src import registry
 from src.monitoring.profile import PROFILE_ARTIFACT, ReferenceProfile
-from tests.flows.conftest import TinySources, flow_run_artifacts, make_project, project_env
+from tests.helpers.flows import TinySources, flow_run_artifacts, make_project, project_env
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from src.monitoring.store import PredictionStore
-from tests.api.conftest import Registry, encode, sample_images, wait_until
+from tests.helpers.api import Registry, encode, sample_images, wait_until
 
 
 @pytest.mark.integration

@@ -28,9 +28,9 @@ from deployments.stack import (
 )
 from src import registry
 from src.data.versioning import folder_md5, read_dvc_md5
-from tests.api.conftest import Server, encode, sample_images, start_server, stop_server, wait_until
-from tests.flows.conftest import BIN
-from tests.services.conftest import MODEL_NAME, DeploymentRun, Team
+from tests.helpers.api import Server, encode, sample_images, start_server, stop_server, wait_until
+from tests.helpers.flows import BIN
+from tests.helpers.services import MODEL_NAME, DeploymentRun, Team
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
 

@@ -1,0 +1,220 @@
+"""Helpers for the api tests (fixtures are in tests/api/conftest.py)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from src.config import AppConfig, load_config
+from src.labels import CLASS_NAMES
+from src.registry import promote, record_gate_decision, register_candidate
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+registry_names = itertools.count()
+
+
+def constant_model(class_id: int) -> torch.nn.Module:
+    """Answers ``class_id`` for every image (so a response's label tells which model answered)."""
+    linear = torch.nn.Linear(28 * 28, len(CLASS_NAMES))
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+        linear.bias[class_id] = 6.0
+    return torch.nn.Sequential(torch.nn.Flatten(), linear).eval()
+
+
+def image_dependent_model() -> torch.nn.Module:
+    """A small random CNN whose answer depends on the pixels (for preprocessing parity)."""
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, len(CLASS_NAMES)),
+    ).eval()
+
+
+@dataclass
+class LoggedModel:
+    uri: str
+    run_id: str
+
+
+@dataclass
+class ModelSources:
+    """Models logged once per session; registries register versions of them."""
+
+    tracking_uri: str
+    tshirt: LoggedModel  # always "T-shirt/top" (class 0)
+    sneaker: LoggedModel  # always "Sneaker" (class 7)
+    varied: LoggedModel  # depends on the image
+    varied_module: torch.nn.Module
+
+
+@dataclass
+class Registry:
+    """One registered model (a fresh name per test) in the session's sqlite registry."""
+
+    tracking_uri: str
+    name: str
+    client: MlflowClient
+    sources: ModelSources
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def add_version(self, which: str = "tshirt", **tags: str) -> str:
+        """Register a version of a logged model the way the train-flow does, gate passed."""
+        source: LoggedModel = getattr(self.sources, which)
+        return self.add_source(source.uri, source.run_id, which, **tags)
+
+    def add_source(self, uri: str, run_id: str | None, label: str = "", **tags: str) -> str:
+        mv = register_candidate(
+            self.client,
+            self.name,
+            model_uri=uri,
+            run_id=run_id,
+            tags={"data_md5": f"md5-{label}", **tags},
+        )
+        version = str(mv.version)
+        record_gate_decision(self.client, self.name, version, passed=True, reasons=["test"])
+        self.versions[version] = label
+        return version
+
+    def promote(self, version: str) -> None:
+        promote(self.client, self.name, version)
+
+    def add_production(self, which: str = "tshirt") -> str:
+        version = self.add_version(which)
+        self.promote(version)
+        return version
+
+
+def make_config(tracking_uri: str, name: str, **serve: Any) -> AppConfig:
+    settings: dict[str, Any] = {"poll_interval_s": 0.2, "retry_interval_s": 0.1, **serve}
+    return load_config(
+        overrides={
+            "mlflow": {"tracking_uri": tracking_uri, "registered_model_name": name},
+            "serve": settings,
+        },
+        environ={},
+    )
+
+
+def wait_until(predicate: Any, timeout: float = 60.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def sample_images(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Dark-background 28×28 'garments' (a bright blob of random size and place)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        image = np.zeros((28, 28), dtype=np.uint8)
+        top, left = rng.integers(0, 12, size=2)
+        height, width = rng.integers(8, 16, size=2)
+        image[top : top + height, left : left + width] = rng.integers(120, 255)
+        image = np.clip(image + rng.integers(0, 40, size=(28, 28)), 0, 255).astype(np.uint8)
+        images.append(image)
+    return images
+
+
+# --- real uvicorn processes -----------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+
+def start_server(
+    tmp_path: Path, tracking_uri: str, name: str, *, wait_ready: bool = True, **env: str
+) -> Server:
+    port = free_port()
+    log_path = tmp_path / f"uvicorn-{port}.log"
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "MLFLOW_"))},
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_REGISTERED_MODEL_NAME": name,
+        "PROFILE": "",
+        **env,
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "src.api:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    path = "/ready" if wait_ready else "/health"
+
+    def answered() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"uvicorn exited early:\n{log_path.read_text()}")
+        try:
+            return httpx.get(server.url + path, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answered, timeout=180, interval=0.1)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=5)

@@ -1,0 +1,39 @@
+"""Helpers for the training tests (fixtures are in tests/training/conftest.py)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from src.config import AppConfig, load_config
+from src.data.split import PreparedData
+
+
+def tiny_prepared(dataset_path: Path) -> PreparedData:
+    return PreparedData.from_file(dataset_path, data_md5="tiny-md5", split_hash="tiny-split")
+
+
+def read_idx_prefix(folder: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(folder / "train-images-idx3-ubyte.gz") as handle:
+        images = np.frombuffer(handle.read(16 + count * 784), np.uint8, offset=16)
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz") as handle:
+        labels = np.frombuffer(handle.read(8 + count), np.uint8, offset=8)
+    return images.reshape(-1, 28, 28).copy(), labels.astype(np.int64)
+
+
+def tiny_config(root: Path, **train: object) -> AppConfig:
+    return load_config(
+        profile="smoke",
+        environ={},
+        overrides={
+            "paths": {"root": str(root)},
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{root}/mlflow.db",
+                "artifact_location": str(root / "mlartifacts"),
+                "experiment_name": "tiny",
+            },
+            "train": {"max_epochs": 2, "batch_size": 64, "progress_bar": False, **train},
+        },
+    )
