@@ -7,7 +7,7 @@ alike); the figure is the median of the per-round ratios. The model and the load
 ``benchmarks/bench_api.py``'s (a random-weight ResNet-20 unless ``--tracking-uri`` names a
 registry with a Production model).
 
-    python -m benchmarks.bench_prediction_log                 # ~1 minute
+    python -m benchmarks.bench_prediction_log
     python -m benchmarks.bench_prediction_log --rounds 5 --duration 5 --concurrency 8
 
 Target: the log costs at most 10 % of /predict throughput. Results in

@@ -40,7 +40,7 @@ def model_signature(num_classes: int = len(CLASS_NAMES)) -> ModelSignature:
 
 
 def pip_requirements() -> list[str]:
-    # Pinned explicitly: MLflow's requirement inference costs ~12 s per log_model call.
+    # Pinned explicitly: MLflow's requirement inference is slow (it imports the model's packages).
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
 
 
@@ -127,8 +127,8 @@ def load_classifier_from_path(local_path: Path, model_uri: str = "") -> LoadedCl
 def export_onnx(model: torch.nn.Module, path: Path) -> Path:
     """Export ``model`` (fp32, eval) to ONNX with a dynamic batch dimension (input ``images``).
 
-    The TorchScript-based exporter takes under a second for this net; the torch.export-based one
-    (the default since torch 2.9) takes ~30 s on this CPU, so it is only the fallback.
+    The TorchScript-based exporter is much faster for this net than the torch.export-based one
+    (the default since torch 2.9), so the latter is only the fallback.
     """
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)

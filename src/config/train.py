@@ -60,7 +60,7 @@ class TrainConfig(BaseModel):
     devices: int | str
     strategy: str
     num_workers: int = Field(ge=0)
-    # Validate every n epochs (validation costs ~10% of an epoch on the CPU).
+    # Validate every n epochs (each validation pass costs a fraction of an epoch).
     check_val_every_n_epoch: int = Field(ge=1)
     early_stopping_patience: int = Field(ge=1)
     # Resume from this Lightning checkpoint ("last" = the newest in the checkpoint folder).

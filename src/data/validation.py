@@ -1,6 +1,7 @@
 """Great Expectations 1.x validation of the raw training table, fast enough for every pixel.
 
-A naive suite (one expectation per pixel column, 784 of them) takes ~39 s on 60,000 rows here.
+A naive suite (one expectation per pixel column, 784 of them) is far too slow on 60,000 rows
+(``benchmarks/bench_validation.py`` measures this module; the README holds the figures).
 Instead numpy reduces the 784 pixels of each row to a compact *row profile* (min, max, null count,
 non-integer count, exact duplicate-image group, duplicate flags) and GX runs its expectations on
 that profile (one row per raw row, so the row count is checked there too), on a 10-row class table
@@ -461,12 +462,13 @@ def validate(
     raises :class:`DataValidationError` naming each failed expectation with example rows/values
     unless ``raise_on_failure=False``.
     """
-    _import_gx()  # a one-off ~2-6 s import, not part of the validation time
+    _import_gx()  # a one-off import, not part of the validation time
     start = time.perf_counter()
     table = table.reset_index(drop=True)
     profile = build_profile(table)
     # The column schema is a property of the header: GX checks it on a zero-row view of the raw
-    # table (checking 785 columns x 60,000 rows costs GX ~3 s); the profile has one row per raw row.
+    # table (GX checking every one of the 785 columns of every row is slow); the profile has one
+    # row per raw row.
     frames = {
         "table": table.iloc[:0],
         "pixel_types": pixel_types(table),
