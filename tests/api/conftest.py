@@ -39,6 +39,7 @@ def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
     for key, module in (
         ("tshirt", constant_model(0)),
         ("sneaker", constant_model(7)),
+        ("bag", constant_model(8)),
         ("varied", varied),
     ):
         with mlflow.start_run(experiment_id=experiment_id) as run:
@@ -51,7 +52,9 @@ def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
         location = mlflow.get_logged_model(info.model_id).artifact_location
         logged[key] = LoggedModel(uri=location, run_id=run.info.run_id)
     mlflow.set_tracking_uri(previous_uri)  # leave the process-global URI as it was
-    return ModelSources(uri, logged["tshirt"], logged["sneaker"], logged["varied"], varied)
+    return ModelSources(
+        uri, logged["tshirt"], logged["sneaker"], logged["bag"], logged["varied"], varied
+    )
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from src.model_io import log_onnx
 from src.serving.model_store import ModelStore
 from src.serving.redact import redact_text, redact_uri
-from tests.helpers.api import ModelSources, Registry, free_port, wait_until
+from tests.helpers.api import ModelSources, Registry, constant_model, free_port, wait_until
 
 
 def _store(uri: str, name: str) -> ModelStore:
@@ -133,8 +134,7 @@ def test_loads_production_from_an_mlflow_server_through_its_artifact_proxy(
     try:
         with mlflow.start_run() as run:
             mlflow.log_metric("test_accuracy", 0.93)
-            tshirt = Path(model_sources.tracking_uri[len("sqlite:///") :]).parent / "tshirt"
-            mlflow.log_artifact(str(tshirt / "model.onnx"), artifact_path="onnx")
+            log_onnx(MlflowClient(mlflow_server), run.info.run_id, constant_model(0))
             mlflow.log_text("metadata:\n  flip_tta: true\n", "model/MLmodel")
             model_uri = mlflow.get_artifact_uri("model")
     finally:

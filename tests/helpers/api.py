@@ -62,6 +62,7 @@ class ModelSources:
     tracking_uri: str
     tshirt: LoggedModel  # always "T-shirt/top" (class 0)
     sneaker: LoggedModel  # always "Sneaker" (class 7)
+    bag: LoggedModel  # always "Bag" (class 8)
     varied: LoggedModel  # depends on the image
     varied_module: torch.nn.Module
 
