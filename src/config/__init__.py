@@ -1,8 +1,9 @@
 """Typed, validated configuration.
 
 Every setting has its one default in ``configs/<section>.yaml`` (the models hold types and
-bounds, no defaults). Precedence (lowest to highest): ``configs/*.yaml`` < ``configs/profiles/<PROFILE>.yaml``
-< environment variables < explicit overrides passed to :func:`load_config`.
+bounds, no defaults; a missing key fails on load with its name). Precedence (lowest to highest):
+``configs/*.yaml`` < ``configs/profiles/<PROFILE>.yaml`` < environment variables < explicit
+overrides passed to :func:`load_config`.
 
 Each section owns an environment prefix, so ``DATA_SOURCE`` sets ``data.source``,
 ``TRAIN_MAX_EPOCHS`` sets ``train.max_epochs``, ``MLFLOW_TRACKING_URI`` sets ``mlflow.tracking_uri``.
