@@ -17,7 +17,7 @@ import pytest
 
 from flows.rollback_flow import rollback_flow
 from src import registry
-from src.model_io import log_classifier
+from src.model_io import log_classifier, log_onnx
 from tests.helpers.api import free_port
 from tests.helpers.flows import tiny_model
 
@@ -56,6 +56,7 @@ def two_versions(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     for seed in (1, 2):
         with mlflow.start_run(experiment_id=experiment) as run:
             info = log_classifier(tiny_model(seed))
+        log_onnx(client, run.info.run_id, tiny_model(seed))  # the form the API serves
         mv = registry.register_candidate(
             client, NAME, model_uri=info.model_uri, run_id=run.info.run_id
         )
