@@ -20,24 +20,23 @@ from src.api import create_app
 from src.config import ConfigError, load_config
 from src.preprocessing import normalize, preprocess_image
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
-from tests.helpers.api import Registry, encode, make_config, sample_images, wait_until
+from tests.helpers.api import (
+    Registry,
+    api_client_for,
+    encode,
+    make_config,
+    sample_images,
+    wait_until,
+)
 
 GOOD_PNG = encode(sample_images(1)[0])
 KEY = "k3y-for-tests-0123456789abcdef"
 
 
-def _client(registry: Registry, *, ready: bool = True, **serve: Any) -> TestClient:
-    client = TestClient(create_app(make_config(registry.tracking_uri, registry.name, **serve)))
-    client.__enter__()
-    if ready:
-        wait_until(lambda: client.get("/ready").status_code == 200)
-    return client
-
-
 @pytest.fixture
 def client(registry: Registry) -> Iterator[TestClient]:
     registry.add_production("varied")
-    test_client = _client(
+    test_client = api_client_for(
         registry,
         max_image_bytes=200_000,
         max_batch_bytes=1_000_000,
@@ -353,7 +352,7 @@ def test_size_limit_is_enforced_before_the_body_is_read() -> None:
 # --- API key ---------------------------------------------------------------------------------
 def test_api_key_protects_the_predict_endpoints(registry: Registry) -> None:
     registry.add_production()
-    client = _client(registry, api_key=KEY)
+    client = api_client_for(registry, api_key=KEY)
     try:
         assert _predict(client, GOOD_PNG).status_code == 401
         assert _predict(client, GOOD_PNG, headers={"X-API-Key": KEY[:-1] + "x"}).status_code == 401
@@ -378,7 +377,7 @@ def test_placeholder_api_keys_are_refused(key: str) -> None:
 # --- readiness and hot reload ------------------------------------------------------------------
 def test_ready_is_503_until_a_production_version_exists(registry: Registry) -> None:
     registry.add_version("tshirt")  # registered but not promoted
-    client = _client(registry, ready=False)
+    client = api_client_for(registry, ready=False)
     try:
         assert client.get("/health").status_code == 200
         response = wait_until(
@@ -418,7 +417,7 @@ def test_unreachable_registry_is_retried_without_dying(registry: Registry, tmp_p
 
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(registry: Registry) -> None:
     registry.add_production("tshirt")
-    client = _client(registry)
+    client = api_client_for(registry)
     try:
         registry.promote(registry.add_source("file:///nonexistent/model/dir", None, "broken"))
         wait_until(lambda: "registry_check_errors_total 1.0" in client.get("/metrics").text)
@@ -439,7 +438,7 @@ def test_hot_reload_swaps_atomically_under_concurrent_requests(registry: Registr
     one."""
     version_of_label = {"T-shirt/top": "1", "Sneaker": "2", "Bag": "3"}
     registry.add_production("tshirt")
-    client = _client(registry, poll_interval_s=0.05)
+    client = api_client_for(registry, poll_interval_s=0.05)
     stop = threading.Event()
     failures: list[str] = []
     seen: dict[str, int] = {}

@@ -21,8 +21,14 @@ from src.preprocessing import ImageDecodeError, decode_image, to_model_image
 from src.serving.inference import ClientGone, ImageLimits, decode_all
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
 from src.serving.multipart import MultipartError, parse_parts
-from tests.api.test_api import _client
-from tests.helpers.api import Registry, encode, make_config, sample_images, wait_until
+from tests.helpers.api import (
+    Registry,
+    api_client_for,
+    encode,
+    make_config,
+    sample_images,
+    wait_until,
+)
 
 GOOD_PNG = encode(sample_images(1)[0])
 
@@ -30,7 +36,7 @@ GOOD_PNG = encode(sample_images(1)[0])
 @pytest.fixture
 def client(registry: Registry) -> Iterator[TestClient]:
     registry.add_production("varied")
-    test_client = _client(
+    test_client = api_client_for(
         registry, max_batch_pixels=3 * 100 * 100, max_header_bytes=8192, max_image_side=4096
     )
     yield test_client
@@ -240,7 +246,7 @@ def test_registry_credentials_never_reach_a_response_or_the_log(
 def test_a_non_ascii_api_key_matches_its_utf8_bytes(registry: Registry) -> None:
     key = "clé-secrète-0123456789"
     registry.add_production("tshirt")
-    client = _client(registry, api_key=key)
+    client = api_client_for(registry, api_key=key)
     try:
         files = {"file": ("x.png", GOOD_PNG)}
         good = client.post("/predict", files=files, headers={"X-API-Key": key.encode()})

@@ -16,12 +16,14 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from src.config import AppConfig, load_config
 from src.labels import CLASS_NAMES
 from src.registry import promote, record_gate_decision, register_candidate
+from src.serving.app import create_app
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 registry_names = itertools.count()
@@ -219,3 +221,12 @@ def stop_server(server: Server) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait(timeout=5)
+
+
+def api_client_for(registry: Registry, *, ready: bool = True, **serve: Any) -> TestClient:
+    """An in-process app (lifespan entered) for ``registry``; waits for /ready unless told not to."""
+    client = TestClient(create_app(make_config(registry.tracking_uri, registry.name, **serve)))
+    client.__enter__()
+    if ready:
+        wait_until(lambda: client.get("/ready").status_code == 200)
+    return client
