@@ -15,7 +15,7 @@ model (name, version, TTA, runtime, threads). Measured, on the same PNG-encoded 
 * memory: peak RSS growth of the server during one worst-case ``/predict`` and one worst-case
   ``/predict/batch`` (the largest bodies and decoded pixels the limits allow);
 * ``/predict`` p50/p99 while two worst-case batches are in flight;
-* the multipart reader against python-multipart's parser (µs per file).
+* the multipart reader against python-multipart's tokenizer and Starlette's whole form path (µs per file).
 
     python -m benchmarks.bench_api                 # a few minutes
     python -m benchmarks.bench_api --duration 3 --tracking-uri sqlite:///mlflow.db
@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -487,7 +488,9 @@ def predict_while_batches_run(
 
 # --- multipart ----------------------------------------------------------------------------------
 def multipart_parsers(blobs: list[bytes], repeats: int = 50) -> dict[str, float]:
-    """µs per file: this project's reader vs python-multipart's parser, on one batch body."""
+    """µs per file on one batch body: this project's reader, python-multipart's tokenizer alone,
+    and Starlette's whole form path (tokenizer + spooled UploadFiles read back), which is what
+    the API would use without the reader."""
     from python_multipart.multipart import MultipartParser
 
     from src.serving.multipart import boundary_of, parse_parts
@@ -511,8 +514,32 @@ def multipart_parsers(blobs: list[bytes], repeats: int = 50) -> dict[str, float]
         parser.write(body)
         parser.finalize()
 
+    def starlette_form() -> None:
+        # What FastAPI's UploadFile path does: parse, spool each file, read it back.
+        import anyio
+        from starlette.datastructures import Headers, UploadFile
+        from starlette.formparsers import MultiPartParser
+
+        async def stream() -> AsyncGenerator[bytes, None]:
+            yield body
+
+        async def parse() -> None:
+            headers = Headers({"content-type": content_type})
+            form = await MultiPartParser(headers, stream(), max_files=len(blobs)).parse()
+            for _, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    await value.read()
+            await form.close()
+
+        anyio.run(parse)
+
     result = {}
-    for name, parse in (("project reader", ours), ("python-multipart", theirs)):
+    parsers = (
+        ("project reader", ours),
+        ("python-multipart", theirs),
+        ("starlette form (UploadFile)", starlette_form),
+    )
+    for name, parse in parsers:
         started = time.perf_counter()
         for _ in range(repeats):
             parse()
