@@ -33,6 +33,19 @@ def describe_version_task(
 ) -> dict[str, Any]:
     """``trained``/``evaluation``/``outcome``: what the train-flow's earlier tasks
     returned (data, training run, test predictions, gate outcome)."""
+    return describe_version(prepared, trained, evaluation, version, outcome, cfg)
+
+
+def describe_version(
+    prepared: PreparedData,
+    trained: Any,
+    evaluation: Any,
+    version: str,
+    outcome: Any,
+    cfg: AppConfig,
+) -> dict[str, Any]:
+    """Profile, threshold and card onto ``version``; also called again by the promote task when
+    it gates a second time, so the card shows the verdict that decided the promotion."""
     logger = get_run_logger()
     client = registry.get_client(cfg.tracking_uri)
     try:

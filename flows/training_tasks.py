@@ -28,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.locks import promotion_lock
+from flows.monitoring_tasks import describe_version
 from src import registry
 from src.config import AppConfig
 from src.data.split import PreparedData
@@ -339,6 +340,8 @@ def promote_task(
             _use_tracking(cfg)
             outcome = decide(client, prepared, evaluation, candidate_version, cfg, now)
             publish_gate(client, trained.run_id, outcome, cfg, candidate_version)
+            # The model card states the gate's verdict: rewrite it before the version can serve.
+            describe_version(prepared, trained, evaluation, candidate_version, outcome, cfg)
             regated = True
         result = registry.promote_candidate(
             client,

@@ -19,6 +19,7 @@ from typing import Any
 import mlflow
 from prefect import flow
 
+from flows.monitoring_tasks import describe_version_task
 from flows.training_tasks import (
     evaluate_task,
     gate_task,
@@ -65,6 +66,7 @@ def race_flow(dataset: str, seed: int, barrier: str, runners: int) -> dict[str, 
     version = register_task(prepared, trained, evaluation, cfg)
     wait_for_all(Path(barrier), seed, runners)
     outcome = gate_task(prepared, trained, evaluation, version, cfg)
+    describe_version_task(prepared, trained, evaluation, version, outcome, cfg)
     promotion = promote_task(prepared, trained, evaluation, version, outcome, cfg)
     return {"version": version, "gated_against": outcome.champion_version, **promotion}
 

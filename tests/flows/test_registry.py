@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from src import registry
 from src.model_io import load_classifier
+from src.monitoring.card import MODEL_CARD_TAG
 from tests.helpers.flows import PrefectServer, TinyStore, project_env
 
 _names = itertools.count()
@@ -478,6 +479,8 @@ def test_three_train_flows_at_once_end_with_one_production(
     dataset = tmp_path / "splits.npz"
     np.savez(
         dataset,
+        x_val=rng.integers(0, 256, size=(300, 28, 28), dtype=np.uint8),
+        y_val=rng.integers(0, 10, size=300),
         x_test=rng.integers(0, 256, size=(300, 28, 28), dtype=np.uint8),
         y_test=rng.integers(0, 10, size=300),
     )
@@ -526,6 +529,12 @@ def test_three_train_flows_at_once_end_with_one_production(
         assert change.by.startswith("flow run ")
         details = json.loads(client.get_model_version(name, change.to_version).tags["gate_details"])
         assert details["champion_version"] == change.from_version
+        # The model card states the verdict that decided the promotion (re-gated or not).
+        card = client.get_model_version(name, change.to_version).tags[MODEL_CARD_TAG]
+        if change.from_version is None:
+            assert "No Production version to compare with" in card
+        else:
+            assert f"against Production v{change.from_version}" in card
         previous = change.to_version
     _assert_one_production(client, name, previous)
     # All three gated against "no Production" (the barrier); whoever promoted after the first
