@@ -559,6 +559,7 @@ class Report:
     memory_mib: dict[str, float] = field(default_factory=dict)
     under_batches: dict[str, float] = field(default_factory=dict)
     multipart_us_per_file: dict[str, float] = field(default_factory=dict)
+    batch_rounds: list[tuple[float, float]] = field(default_factory=list)  # (http, raw) img/s
 
 
 def summary(report: Report, batch_size: int) -> list[str]:
@@ -583,12 +584,20 @@ def summary(report: Report, batch_size: int) -> list[str]:
     ]
     if batch is not None and raw is not None:
         lines.append(
-            f"- /predict/batch ({batch_size}/request, concurrency {batch.concurrency}): "
-            f"{batch.images_per_s:.0f} img/s; raw batched forward ({raw.parallel} parallel × "
-            f"{raw.threads} thread, batch {raw.batch_size}): {raw.images_per_s:.0f} img/s; "
-            f"ratio {batch.images_per_s / raw.images_per_s:.2f}x; CPU per image: server "
+            f"- /predict/batch best round ({batch_size}/request, concurrency {batch.concurrency}): "
+            f"{batch.images_per_s:.0f} img/s; raw batched forward best round ({raw.parallel} "
+            f"parallel × {raw.threads} thread, batch {raw.batch_size}): {raw.images_per_s:.0f} "
+            f"img/s; CPU per image: server "
             f"{batch.server_cpu_ms_per_image:.2f} ms (everything included), raw "
             f"{raw.cpu_ms_per_image:.2f} ms (ratio {raw.cpu_ms_per_image / batch.server_cpu_ms_per_image:.2f}x)"
+        )
+    if report.batch_rounds:
+        ratios = [http / raw for http, raw in report.batch_rounds]
+        lines.append(
+            f"- /predict/batch vs raw in {len(ratios)} alternating rounds: "
+            + ", ".join(f"{h:.0f}/{r:.0f}" for h, r in report.batch_rounds)
+            + f" img/s; ratios {', '.join(f'{x:.2f}' for x in ratios)}; "
+            f"median {statistics.median(ratios):.2f}x"
         )
     lines += [
         f"- raw {r.what}: batch {r.batch_size}, {r.parallel} parallel × {r.threads} thread: "
@@ -627,6 +636,9 @@ def cold_starts(
     }
 
 
+BATCH_ROUNDS = 3
+
+
 def measure_http(
     report: Report, server: Server, blobs: list[bytes], args: argparse.Namespace, model: Any
 ) -> None:
@@ -638,18 +650,17 @@ def measure_http(
     ]
     for concurrency in (1, 8):
         report.http.append(run_load(pid, port, "/predict", singles, 1, concurrency, args.duration))
-    for concurrency in (2, 8):
-        report.http.append(
-            run_load(
-                pid, port, "/predict/batch", batches, args.batch_size, concurrency, args.duration
-            )
-        )
     images = np.stack([np.asarray(load_png(b)) for b in blobs])
     slots = os.cpu_count() or 1
-    for parallel in sorted({1, slots}):  # beside the HTTP runs: the machine's load drifts
-        report.raw.append(
-            raw_forward(model, images, args.batch_size, parallel, min(args.duration, 3.0))
-        )
+    report.raw.append(raw_forward(model, images, args.batch_size, 1, min(args.duration, 3.0)))
+    # Batch vs raw in alternating rounds, so a drift in the machine's speed hits both alike;
+    # the ratio reported is the median of the rounds' ratios.
+    for _ in range(BATCH_ROUNDS):
+        http = run_load(pid, port, "/predict/batch", batches, args.batch_size, 8, args.duration)
+        raw = raw_forward(model, images, args.batch_size, slots, args.duration)
+        report.http.append(http)
+        report.raw.append(raw)
+        report.batch_rounds.append((http.images_per_s, raw.images_per_s))
 
 
 def load_png(blob: bytes) -> Any:
