@@ -22,20 +22,6 @@ from src.monitoring import versioning
 from src.monitoring.card import build_card
 
 
-@task(name="monitoring-profile-and-card", cache_policy=NO_CACHE, persist_result=False)
-def describe_version_task(
-    prepared: PreparedData,
-    trained: Any,
-    evaluation: Any,
-    version: str,
-    outcome: Any,
-    cfg: AppConfig,
-) -> dict[str, Any]:
-    """``trained``/``evaluation``/``outcome``: what the train-flow's earlier tasks
-    returned (data, training run, test predictions, gate outcome)."""
-    return describe_version(prepared, trained, evaluation, version, outcome, cfg)
-
-
 def describe_version(
     prepared: PreparedData,
     trained: Any,
@@ -44,8 +30,10 @@ def describe_version(
     outcome: Any,
     cfg: AppConfig,
 ) -> dict[str, Any]:
-    """Profile, threshold and card onto ``version``; also called again by the promote task when
-    it gates a second time, so the card shows the verdict that decided the promotion."""
+    """Profile, threshold and card onto ``version``. ``trained``/``evaluation``/``outcome``: what
+    the train-flow's earlier tasks returned (data, training run, test predictions, gate outcome).
+    The promote task calls it again when it gates a second time, so the card shows the verdict
+    that decided the promotion."""
     logger = get_run_logger()
     client = registry.get_client(cfg.tracking_uri)
     try:
@@ -83,3 +71,8 @@ def describe_version(
         100 * profile.low_confidence_share,
     )
     return {"ok": True, "threshold": profile.threshold.value}
+
+
+describe_version_task = task(
+    name="monitoring-profile-and-card", cache_policy=NO_CACHE, persist_result=False
+)(describe_version)

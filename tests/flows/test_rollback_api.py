@@ -4,9 +4,6 @@ over HTTP."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +15,9 @@ import pytest
 from flows.rollback_flow import rollback_flow
 from src import registry
 from src.model_io import log_classifier, log_onnx
-from tests.helpers.api import free_port
+from tests.helpers.api import Server, start_server, stop_server
 from tests.helpers.flows import tiny_model
 
-REPO = Path(__file__).resolve().parents[2]
 NAME = "rollback-model"
 
 
@@ -33,12 +29,12 @@ def _served_version(url: str) -> str | None:
     return str(response.json().get("model_version")) if response.status_code == 200 else None
 
 
-def _wait_for_version(url: str, version: str, process: subprocess.Popen[bytes], log: Path) -> float:
+def _wait_for_version(server: Server, version: str) -> float:
     started = time.monotonic()
-    while _served_version(url) != version:
-        assert process.poll() is None, log.read_text()[-3000:]
+    while _served_version(server.url) != version:
+        assert server.process.poll() is None, server.log_path.read_text()[-3000:]
         assert time.monotonic() - started < 120, (
-            f"API never served v{version}:\n" + (log.read_text()[-3000:])
+            f"API never served v{version}:\n" + (server.log_path.read_text()[-3000:])
         )
         time.sleep(0.2)
     return time.monotonic() - started
@@ -77,27 +73,9 @@ def test_running_api_follows_a_rollback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uri, v1, v2 = two_versions
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "MLFLOW_"))},
-        "MLFLOW_TRACKING_URI": uri,
-        "MLFLOW_REGISTERED_MODEL_NAME": NAME,
-        "SERVE_POLL_INTERVAL_S": "0.5",
-        "PROFILE": "",
-    }
-    log = tmp_path / "uvicorn.log"
-    command = [sys.executable, "-m", "uvicorn", "src.api:app", "--host", "127.0.0.1"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server = start_server(tmp_path, uri, NAME, wait_ready=False, SERVE_POLL_INTERVAL_S="0.5")
     try:
-        _wait_for_version(url, v2, process, log)
+        _wait_for_version(server, v2)
         # The rollback-flow, as the Prefect UI would run it, on this registry.
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.setenv("MLFLOW_REGISTERED_MODEL_NAME", NAME)
@@ -105,17 +83,12 @@ def test_running_api_follows_a_rollback(
         monkeypatch.delenv("PROFILE", raising=False)
         change = rollback_flow("v2 misreads sandals")
         assert (change["from_version"], change["to_version"]) == (v2, v1)
-        waited = _wait_for_version(url, v1, process, log)
+        waited = _wait_for_version(server, v1)
         print(f"API served the rolled-back v{v1} {waited:.1f} s after the rollback")
-        model = httpx.get(f"{url}/model", timeout=5).json()
+        model = httpx.get(f"{server.url}/model", timeout=5).json()
         assert str(model["version"]) == v1
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(server)
     client = registry.get_client(uri)
     last = registry.production_history(client, NAME)[-1]
     assert (last.action, last.from_version, last.to_version) == ("rollback", v2, v1)
