@@ -6,29 +6,20 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# name -> (channels per stage, residual blocks per stage). "custom" uses ``widths``/``blocks_per_stage``.
-MODEL_PRESETS: dict[str, tuple[tuple[int, ...], int]] = {
-    # CPU default: ResNet-20 layout (3 stages x 3 BasicBlocks, 16-32-64 channels).
-    "resnet20": ((16, 32, 64), 3),
-    # Wider but shallower: fewer, fatter convolutions (oneDNN is more efficient on wide layers).
-    "wide-resnet": ((32, 64, 128), 2),
-    # GPU: a ResNet18-shaped net (4 stages x 2 blocks, 64..512 channels) on the 28x28 input.
-    "resnet18": ((64, 128, 256, 512), 2),
-}
-
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     env_prefix: ClassVar[str] = "TRAIN_"
 
     seed: int
-    # Model shape: a preset name, or "custom" to use ``widths`` and ``blocks_per_stage``.
-    model_preset: Literal["resnet20", "wide-resnet", "resnet18", "custom"]
-    widths: tuple[int, ...]
+    # The architecture: a name in ``src.model.NETWORKS`` and its shape.
+    network: str
+    widths: tuple[int, ...] = Field(min_length=1)
     blocks_per_stage: int = Field(ge=1)
-    # Test-time augmentation inside the model: logits of x and of its mirror image are averaged in
-    # eval mode, so the exported/served model gives exactly the evaluated answer.
+    # Test-time augmentation inside the model, averaged in eval mode (so the exported/served model
+    # gives exactly the evaluated answer): the mirror image, and 1-pixel shifts.
     flip_tta: bool
+    translate_tta: bool
     max_epochs: int = Field(ge=1)
     # Hard stop for fit (Lightning ``max_time``), validation passes included.
     max_time_minutes: float | None = Field(gt=0)
@@ -36,6 +27,8 @@ class TrainConfig(BaseModel):
     # and the LR schedule follows, so a busy machine still finishes the annealing phase. None = off.
     time_budget_minutes: float | None = Field(gt=0)
     batch_size: int = Field(ge=1)
+    # The measured batch choice doubles batch_size (and the learning rate) up to this.
+    batch_size_max: int = Field(ge=1)
     eval_batch_size: int = Field(ge=1)
     # Learning-rate schedule: "onecycle" (peak ``learning_rate``) or "cosine" (with warmup).
     schedule: Literal["onecycle", "cosine"]
@@ -45,6 +38,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(ge=0)
     warmup_fraction: float = Field(gt=0, lt=1)
     label_smoothing: float = Field(ge=0, lt=1)
+    # Learning-rate multiplier of the normalisation and bias parameters (airbench's BN-bias lr).
+    norm_lr_scale: float = Field(gt=0)
     # Exponential moving average of the weights (evaluated, checkpointed and exported); 0 = off.
     ema_decay: float = Field(ge=0, lt=1)
     # Augmentation, applied to whole batches on the device.
@@ -54,7 +49,12 @@ class TrainConfig(BaseModel):
     # Cap on training images (None = all); the smoke profile trains on a few hundred.
     limit_train_samples: int | None = Field(ge=1)
     limit_eval_samples: int | None = Field(ge=1)
+    # "auto": measured at run time (src.training.hardware); or a Lightning precision string.
     precision: str
+    # Training steps timed per candidate precision by "auto".
+    precision_probe_steps: int = Field(ge=1)
+    # A run whose measured speed fits fewer epochs than this into the budget says so up front.
+    min_epochs_warning: int = Field(ge=1)
     channels_last: bool
     accelerator: str
     devices: int | str
@@ -67,9 +67,3 @@ class TrainConfig(BaseModel):
     resume_from: str | None
     checkpoint_dir: str
     progress_bar: bool
-
-    def resolved_shape(self) -> tuple[tuple[int, ...], int]:
-        """(channels per stage, blocks per stage) for the chosen preset."""
-        if self.model_preset == "custom":
-            return tuple(self.widths), self.blocks_per_stage
-        return MODEL_PRESETS[self.model_preset]

@@ -108,6 +108,11 @@ class LitClassifier(L.LightningModule):
     # --- epoch bookkeeping --------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
+        init = getattr(self.model, "init_from_data", None)
+        if init is not None and self.trainer.ckpt_path is None:
+            # Data-dependent stem (patch whitening): from the first training images, once.
+            images = self.trainer.datamodule.datasets["train"].images[:5000]  # type: ignore[attr-defined]
+            init(images.to(self.device))
 
     def on_fit_end(self) -> None:
         self.fit_elapsed_s = self.elapsed_s()
@@ -148,7 +153,9 @@ class LitClassifier(L.LightningModule):
             recent = self._epoch_ends[-4:]
             per_epoch = (recent[-1] - recent[0]) / (len(recent) - 1) if len(recent) > 1 else now
             fits = done + int((budget * 60.0 - now) // max(per_epoch, 1e-6))
-            self.planned_epochs = max(done, min(self.cfg.max_epochs, fits))
+            planned = max(done, min(self.cfg.max_epochs, fits))
+            # One plan for every process (rank 0's clock), or the ranks stop at different epochs.
+            self.planned_epochs = int(self.trainer.strategy.broadcast(planned, src=0))
             self.log("planned_epochs", float(self.planned_epochs))
         if done >= self.planned_epochs:
             self.trainer.should_stop = True
@@ -176,18 +183,19 @@ class LitClassifier(L.LightningModule):
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
         for parameter in self.model.parameters():
-            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+            if parameter.requires_grad:
+                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+        lr = self.cfg.learning_rate
         groups = [
-            {"params": decay, "weight_decay": self.cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": self.cfg.weight_decay, "lr": lr},
+            # Norm scales/shifts and biases: no decay, and their own lr (airbench's BN-bias lr).
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr * self.cfg.norm_lr_scale},
         ]
         optimizer: torch.optim.Optimizer
         if self.cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                groups, lr=self.cfg.learning_rate, momentum=self.cfg.momentum, nesterov=True
-            )
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=self.cfg.momentum, nesterov=True)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
+            optimizer = torch.optim.AdamW(groups, lr=lr)
         warmup = self.cfg.warmup_fraction
         if self.cfg.schedule == "onecycle":
             # OneCycle shape (short warmup, cosine anneal), driven by progress through the epoch

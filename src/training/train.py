@@ -39,14 +39,18 @@ from src.config.train import TrainConfig
 from src.data.split import PreparedData
 from src.evaluate import EvalResult, evaluate_classifier
 from src.labels import CLASS_NAMES
+from src.model import build_model, describe_model
 from src.model_io import LoadedClassifier, log_classifier, log_onnx
 from src.preprocessing import normalize
 from src.training.data import FashionDataModule, load_split
+from src.training.hardware import HardwarePlan, budget_warning, plan_hardware
 from src.training.module import LitClassifier
 from src.training.report import plot_confusion_matrix, plot_learning_curves, plot_misclassified
 
 log = logging.getLogger(__name__)
 MONITOR = "val_macro_f1"
+# Receives the run's notable lines (level, message): the flow passes its Prefect logger.
+Notify = Callable[[int, str], None]
 
 
 @dataclass
@@ -148,6 +152,8 @@ def machine_params(tcfg: TrainConfig) -> dict[str, Any]:
     """What the run's speed and numbers depend on besides the code and the data."""
     cuda = torch.cuda.is_available() and tcfg.accelerator in ("auto", "gpu", "cuda")
     return {
+        "machine_cpu_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
         "machine_cpu": cpu_model(),
         "machine_cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
@@ -198,11 +204,8 @@ def _resolve_resume(cfg: AppConfig, checkpoint_root: Path) -> str | None:
 
 def _params(cfg: AppConfig, prepared: PreparedData, model: torch.nn.Module) -> dict[str, Any]:
     params: dict[str, Any] = {k: v for k, v in cfg.train.model_dump(mode="json").items()}
-    widths, blocks = cfg.train.resolved_shape()
     params.update(
-        widths="-".join(str(w) for w in widths),
-        blocks_per_stage=blocks,
-        num_parameters=sum(p.numel() for p in model.parameters()),
+        **describe_model(model, cfg.train),
         data_md5=prepared.data_md5,
         split_hash=prepared.split_hash,
         profile=cfg.profile,
@@ -220,6 +223,10 @@ class FitSetup:
     module: LitClassifier
     checkpoint_root: Path
     resume_from: str | None
+    plan: HardwarePlan
+    # cfg.train with the measured accelerator, precision, batch size and learning rate.
+    train_cfg: TrainConfig
+    budget_warning: str | None
 
 
 @dataclass
@@ -231,17 +238,25 @@ class FitOutcome:
 
 
 def train_model(
-    prepared: PreparedData, cfg: AppConfig, client: MlflowClient | None = None
+    prepared: PreparedData,
+    cfg: AppConfig,
+    client: MlflowClient | None = None,
+    notify: Notify | None = None,
 ) -> TrainResult:
     """Train ``cfg.train`` on ``prepared.dataset_path``; log run, metrics, figures, pt2 + ONNX model.
 
     Does not register the model. Returns the run id, the model URI, the final metrics (of the
     best-by-validation-macro-F1 weights, fp32, evaluated as served) and the test predictions file.
     ``client`` (default: one for ``cfg.tracking_uri``) receives everything; no global MLflow
-    setting is changed.
+    setting is changed. ``notify`` (default: this module's logger) gets the hardware choice and
+    any budget warning before training starts.
     """
     client = client or MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    say = notify or log.log
     setup = prepare_fit(prepared, cfg)
+    say(logging.INFO, f"Training on {setup.plan.accelerator}: {setup.plan.reason}")
+    if setup.budget_warning:
+        say(logging.WARNING, setup.budget_warning)
     run_id = start_run(client, cfg, prepared, setup)
     try:
         fit = fit_model(cfg, setup, run_id)
@@ -283,13 +298,33 @@ def prepare_fit(prepared: PreparedData, cfg: AppConfig) -> FitSetup:
         seed=tcfg.seed,
     )
     datamodule.setup("fit")
+    n_train = len(datamodule.datasets["train"])
+    plan = plan_hardware(tcfg, lambda: _probe_model(tcfg), n_train)
+    L.seed_everything(tcfg.seed, workers=True, verbose=False)  # the probe drew random numbers
+    fitted = tcfg.model_copy(
+        update={
+            "accelerator": plan.accelerator,
+            "precision": plan.precision,
+            "batch_size": plan.batch_size,
+            "learning_rate": plan.learning_rate,
+        }
+    )
+    datamodule.batch_size = fitted.batch_size
     checkpoint_root = cfg.paths.resolve(tcfg.checkpoint_dir)
     return FitSetup(
         datamodule=datamodule,
-        module=LitClassifier(tcfg),
+        module=LitClassifier(fitted),
         checkpoint_root=checkpoint_root,
         resume_from=_resolve_resume(cfg, checkpoint_root),
+        plan=plan,
+        train_cfg=fitted,
+        budget_warning=budget_warning(plan, tcfg, n_train),
     )
+
+
+def _probe_model(tcfg: TrainConfig) -> torch.nn.Module:
+    model = build_model(tcfg)
+    return model.to(memory_format=torch.channels_last) if tcfg.channels_last else model
 
 
 def start_run(client: MlflowClient, cfg: AppConfig, prepared: PreparedData, setup: FitSetup) -> str:
@@ -303,12 +338,14 @@ def start_run(client: MlflowClient, cfg: AppConfig, prepared: PreparedData, setu
         "profile": cfg.profile,
         "training_mode": training_mode(cfg.train),
         "resumed_from": setup.resume_from or "",
+        "budget_warning": setup.budget_warning or "",
         "mlflow.note.content": "Lightning ResNet on Fashion-MNIST; see the project README.",
     }
     run_id = str(client.create_run(experiment_id, tags=tags).info.run_id)
     params = {
         **_params(cfg, prepared, setup.module.model),
         **machine_params(cfg.train),
+        **setup.plan.params(),
         **{f"n_{s}": len(setup.datamodule.datasets[s]) for s in ("train", "val", "test")},
     }
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
@@ -318,7 +355,7 @@ def start_run(client: MlflowClient, cfg: AppConfig, prepared: PreparedData, setu
 def fit_model(cfg: AppConfig, setup: FitSetup, run_id: str) -> FitOutcome:
     """Lightning fit with checkpoints, early stopping and, in the time-fitted mode only, the
     wall-clock cut; returns why it stopped."""
-    tcfg = cfg.train
+    tcfg = setup.train_cfg
     reproducible = training_mode(tcfg) == REPRODUCIBLE
     checkpoint = ModelCheckpoint(
         dirpath=setup.checkpoint_root / run_id,
@@ -365,8 +402,21 @@ def fit_model(cfg: AppConfig, setup: FitSetup, run_id: str) -> FitOutcome:
         weights_only=False,
     )
     seconds = time.monotonic() - started
+    if not setup.module.history:
+        # Spawned processes (ddp_spawn) trained copies: their bookkeeping comes back only
+        # through the checkpoint they wrote.
+        restore_fit_state(setup.module, setup.checkpoint_root / run_id / "last.ckpt")
     reason = stop_reason(trainer, setup.module, early, tcfg.max_epochs)
     return FitOutcome(trainer, checkpoint, seconds, reason)
+
+
+def restore_fit_state(module: LitClassifier, last_checkpoint: Path) -> None:
+    """History, epoch plan and elapsed time from the run's own last checkpoint, into ``module``."""
+    if not last_checkpoint.is_file():
+        return
+    state = torch.load(last_checkpoint, map_location="cpu", weights_only=True)
+    module.on_load_checkpoint(state)
+    module.fit_elapsed_s = module.elapsed_before_s
 
 
 def evaluate_best(
@@ -455,7 +505,9 @@ def log_model(
     """The pt2 model (what is served) and an ONNX export, into the run."""
     x_test, _ = load_split(Path(prepared.dataset_path), "test")
     metadata = {
-        "model_preset": cfg.train.model_preset,
+        "network": cfg.train.network,
+        "widths": list(cfg.train.widths),
+        "translate_tta": cfg.train.translate_tta,
         "flip_tta": cfg.train.flip_tta,
         "test_accuracy": test.accuracy,
         "test_macro_f1": test.macro_f1,
