@@ -277,13 +277,13 @@ def standin_registry(workdir: Path) -> BenchRegistry:
     try:
         experiment = mlflow.create_experiment("bench-api", (workdir / "art").as_uri())
         with mlflow.start_run(experiment_id=experiment) as run:
-            mlflow.log_params({"model_preset": cfg.model_preset, "flip_tta": cfg.flip_tta})
+            mlflow.log_params({"network": cfg.network, "flip_tta": cfg.flip_tta})
             info = log_classifier(model, metadata={"flip_tta": cfg.flip_tta})
             log_onnx(MlflowClient(tracking_uri=uri), run.info.run_id, model)
         source = mlflow.get_logged_model(info.model_id).artifact_location
     finally:
         mlflow.set_tracking_uri(previous)
-    name = f"stand-in-{cfg.model_preset}"
+    name = f"stand-in-{cfg.network}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = register_candidate(client, name, model_uri=source, run_id=run.info.run_id).version
     promote_candidate(client, name, str(version), passed=True, reasons=["benchmark stand-in"])

@@ -26,6 +26,7 @@ from src.config import TrainConfig, load_config
 from src.preprocessing import normalize
 from src.training.augment import augment_batch
 from src.training.data import FashionDataModule
+from src.training.hardware import plan_hardware
 from src.training.module import LitClassifier
 from src.training.train import ema_update
 
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=40.0, help="target seconds per loop")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--preset", default=None)
+    parser.add_argument("--network", default=None, help="a name in src.model.NETWORKS")
+    parser.add_argument("--widths", default=None, help="e.g. 64,128,256")
     parser.add_argument("--precision", default=None)
     parser.add_argument("--rounds", type=int, default=1, help="alternate the loops this many times")
     args = parser.parse_args(argv)
@@ -151,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {"time_budget_minutes": None}
     for key, value in (
         ("batch_size", args.batch_size),
-        ("model_preset", args.preset),
+        ("network", args.network),
+        ("widths", [int(w) for w in args.widths.split(",")] if args.widths else None),
         ("precision", args.precision),
     ):
         if value is not None:
             overrides[key] = value
     cfg = load_config(overrides={"train": overrides}).train
+    if cfg.precision == "auto":  # what training would choose on this machine
+        plan = plan_hardware(cfg, lambda: LitClassifier(cfg).model, train_size=8192)
+        cfg = cfg.model_copy(update={"precision": plan.precision})
     with tempfile.TemporaryDirectory() as tmp:
         dataset = synthetic_npz(Path(tmp) / "bench.npz", n_train=8192)
         # Size the runs: a short probe of the bare loop gives the step rate.
@@ -167,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             bare_runs.append(bench_bare(cfg, dataset, steps))
             lightning_runs.append(bench_lightning(cfg, dataset, steps))
     bare, lightning = max(bare_runs), max(lightning_runs)
-    widths, blocks = cfg.resolved_shape()
     print(
-        f"model {cfg.model_preset} ({'-'.join(map(str, widths))} x{blocks}), batch {cfg.batch_size}, "
+        f"model {cfg.network} ({'-'.join(map(str, cfg.widths))} x{cfg.blocks_per_stage}), "
+        f"batch {cfg.batch_size}, "
         f"precision {cfg.precision}, channels_last {cfg.channels_last}, ema {cfg.ema_decay}, "
         f"{steps} timed steps per loop, torch threads {torch.get_num_threads()}"
     )

@@ -116,8 +116,9 @@ def reconcile_task(cfg: AppConfig) -> str | None:
 def train_task(prepared: PreparedData, cfg: AppConfig) -> TrainResultLike:
     from src.training import train_model
 
-    result: TrainResultLike = train_model(prepared, cfg)
-    get_run_logger().info("Trained run %s -> %s", result.run_id, result.model_uri)
+    logger = get_run_logger()
+    result: TrainResultLike = train_model(prepared, cfg, notify=logger.log)
+    logger.info("Trained run %s -> %s", result.run_id, result.model_uri)
     return result
 
 

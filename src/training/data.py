@@ -7,7 +7,15 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from src.preprocessing import normalize
 
@@ -50,6 +58,14 @@ class BatchTensorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices)
         return self.images[index], self.labels[index]
+
+
+class EpochBatchSampler(BatchSampler):
+    """A BatchSampler that passes ``set_epoch`` on, so each epoch of a sharded run reshuffles."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
 
 
 def _subset(
@@ -97,17 +113,29 @@ class FashionDataModule(L.LightningDataModule):
                 images, labels = _subset(images, labels, limit, self.seed)
             self.datasets[split] = BatchTensorDataset(normalize(images), torch.as_tensor(labels))
 
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        if shuffle:
+        world, rank = self._world()
+        sampler: Sampler[int]
+        if world > 1:
+            # Each process a shard; the global batch stays batch_size.
+            sampler = DistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed
+            )
+            batch_size = max(1, batch_size // world)
+        elif shuffle:
             generator = torch.Generator().manual_seed(self.seed)
-            sampler: RandomSampler | SequentialSampler = RandomSampler(dataset, generator=generator)
+            sampler = RandomSampler(dataset, generator=generator)
         else:
             sampler = SequentialSampler(dataset)
-        drop_last = shuffle and len(dataset) > batch_size
+        drop_last = shuffle and len(dataset) > batch_size * world
         return DataLoader(
             dataset,
-            sampler=BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last),
+            sampler=EpochBatchSampler(sampler, batch_size=batch_size, drop_last=drop_last),
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

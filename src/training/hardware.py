@@ -143,7 +143,8 @@ def plan_hardware(
     else:
         precision, reason = tcfg.precision, f"TRAIN_PRECISION={tcfg.precision} (set, not measured)"
     batch = tcfg.batch_size
-    if tcfg.precision == "auto":
+    if tcfg.precision == "auto" and tcfg.time_budget_minutes is not None:
+        # Time-fitted runs only: the reproducible mode keeps its batch whatever the machine.
         batch = grow_batch(tcfg, lambda b: measure(precision, b), train_size)
     if batch != tcfg.batch_size:
         reason += f"; batch {batch} trains faster than {tcfg.batch_size}"
@@ -187,3 +188,12 @@ def budget_warning(plan: HardwarePlan, tcfg: TrainConfig, train_size: int) -> st
         f"(floor {tcfg.min_epochs_warning}); the model will be weak. Raise TRAIN_TIME_BUDGET_MINUTES, "
         f"use TRAIN_PRECISION=auto, or choose a smaller network (TRAIN_WIDTHS)."
     )
+
+
+def resolve_strategy(tcfg: TrainConfig, accelerator: str) -> str:
+    """``ddp_spawn`` for several CPU processes under ``auto``: it works from any entry point (a
+    flow, a test, a notebook), where ``ddp`` would re-run the calling command in each process."""
+    several = isinstance(tcfg.devices, int) and tcfg.devices > 1
+    if tcfg.strategy == "auto" and several and accelerator == "cpu":
+        return "ddp_spawn"
+    return tcfg.strategy

@@ -43,7 +43,7 @@ from src.model import build_model, describe_model
 from src.model_io import LoadedClassifier, log_classifier, log_onnx
 from src.preprocessing import normalize
 from src.training.data import FashionDataModule, load_split
-from src.training.hardware import HardwarePlan, budget_warning, plan_hardware
+from src.training.hardware import HardwarePlan, budget_warning, plan_hardware, resolve_strategy
 from src.training.module import LitClassifier
 from src.training.report import plot_confusion_matrix, plot_learning_curves, plot_misclassified
 
@@ -346,6 +346,8 @@ def start_run(client: MlflowClient, cfg: AppConfig, prepared: PreparedData, setu
         **_params(cfg, prepared, setup.module.model),
         **machine_params(cfg.train),
         **setup.plan.params(),
+        "resolved_strategy": resolve_strategy(setup.train_cfg, setup.plan.accelerator),
+        "training_processes": setup.train_cfg.devices,
         **{f"n_{s}": len(setup.datamodule.datasets[s]) for s in ("train", "val", "test")},
     }
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
@@ -377,7 +379,9 @@ def fit_model(cfg: AppConfig, setup: FitSetup, run_id: str) -> FitOutcome:
     trainer = L.Trainer(
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
-        strategy=tcfg.strategy,
+        strategy=resolve_strategy(tcfg, tcfg.accelerator),
+        # The datamodule shards by itself (its batches are index lists, not samples).
+        use_distributed_sampler=False,
         precision=tcfg.precision,  # type: ignore[arg-type]
         max_epochs=tcfg.max_epochs,
         max_time=max_time,

@@ -10,17 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from src.config.train import MODEL_PRESETS
-from src.model import build_model
+from src.model import NETWORKS, build_model, count_macs, describe_model
 from src.preprocessing import normalize, preprocess_image
 from src.training.augment import BACKGROUND, augment_batch, random_crop, random_erasing
 from src.training.data import FashionDataModule
 from tests.helpers.config import train_config
 
 
-@pytest.mark.parametrize("preset", [*MODEL_PRESETS, "custom"])
-def test_every_preset_builds_and_gives_logits(preset: str) -> None:
-    cfg = train_config(model_preset=preset, widths=(8, 16), blocks_per_stage=1)
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+@pytest.mark.parametrize("translate", [False, True])
+def test_every_network_builds_and_gives_logits(network: str, translate: bool) -> None:
+    cfg = train_config(network=network, widths=(8, 16), blocks_per_stage=1, translate_tta=translate)
     model = build_model(cfg)
     x = torch.randn(3, 1, 28, 28)
     model.train()
@@ -28,6 +28,52 @@ def test_every_preset_builds_and_gives_logits(preset: str) -> None:
     model.eval()
     with torch.no_grad():
         assert model(x).shape == (3, 10)
+    shape = describe_model(model, cfg)
+    assert shape["network"] == network and shape["widths"] == "8-16"
+    assert shape["tta_views"] == (6 if translate else 2)
+    assert shape["num_parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_unknown_network_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="convpool"):
+        build_model(train_config(network="vgg"))
+
+
+def test_macs_count_one_view() -> None:
+    """ResNet-20's own count: 3x3 convs at 28x28/14x14/7x7 plus shortcuts and the head."""
+    cfg = train_config(network="resnet", widths=(16, 32, 64), blocks_per_stage=3)
+    macs = count_macs(build_model(cfg))
+    stem = 28 * 28 * 16 * 9
+    stage1 = 6 * 28 * 28 * 16 * 16 * 9
+    stage2 = 14 * 14 * 32 * (16 * 9 + 5 * 32 * 9 + 16)
+    stage3 = 7 * 7 * 64 * (32 * 9 + 5 * 64 * 9 + 32)
+    assert macs == stem + stage1 + stage2 + stage3 + 64 * 10
+
+
+def test_translate_tta_averages_shifted_views() -> None:
+    cfg = train_config(network="convpool", widths=(8, 16), flip_tta=True, translate_tta=True)
+    model = build_model(cfg).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+
+        def mirror(v: torch.Tensor) -> torch.Tensor:
+            return (model.forward_single(v) + model.forward_single(v.flip(3))) / 2
+
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1), value=BACKGROUND)
+        up_left, down_right = padded[:, :, :28, :28], padded[:, :, 2:, 2:]
+        expected = 0.5 * mirror(x) + 0.25 * (mirror(up_left) + mirror(down_right))
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_whitening_stem_whitens_patches() -> None:
+    model = build_model(train_config(network="convpool", widths=(8,)))
+    images = normalize(np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8))
+    model.init_from_data(images)
+    with torch.no_grad():
+        out = model.whiten(images)[:, :4]  # the first half: one response per direction
+    flat = out.permute(1, 0, 2, 3).reshape(4, -1)
+    covariance = torch.cov(flat)
+    torch.testing.assert_close(covariance, torch.eye(4), atol=0.05, rtol=0.05)
 
 
 def test_flip_tta_averages_mirror_logits() -> None:

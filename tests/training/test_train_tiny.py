@@ -39,7 +39,11 @@ def test_metrics_params_tags_reach_mlflow(run: tuple[TrainResult, AppConfig, Any
         assert key in data.metrics
         assert 0.0 <= data.metrics[key] <= 1.0
         assert data.metrics[key] == pytest.approx(result.metrics[key])
-    assert data.params["model_preset"] == "resnet20"
+    assert data.params["network"] == "resnet" and data.params["widths"] == "16-32-64"
+    assert int(data.params["num_parameters"]) > 0 and float(data.params["mmacs_per_view"]) > 0
+    assert data.params["chosen_precision"] in ("32-true", "bf16-mixed")
+    assert data.params["precision_reason"]
+    assert any(key.startswith("probe_32-true") for key in data.params)
     assert data.params["n_train"] == "512"
     assert data.tags["data_md5"] == "tiny-md5"
     assert data.tags["split_hash"] == "tiny-split"
