@@ -33,13 +33,14 @@ def test_loss_falls(run: tuple[TrainResult, AppConfig, Any]) -> None:
 
 
 def test_metrics_params_tags_reach_mlflow(run: tuple[TrainResult, AppConfig, Any]) -> None:
-    result, _, client = run
+    result, cfg, client = run
     data = client.get_run(result.run_id).data
     for key in ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "test_f1_shirt"):
         assert key in data.metrics
         assert 0.0 <= data.metrics[key] <= 1.0
         assert data.metrics[key] == pytest.approx(result.metrics[key])
-    assert data.params["network"] == "resnet" and data.params["widths"] == "16-32-64"
+    assert data.params["network"] == cfg.train.network
+    assert data.params["widths"] == "-".join(map(str, cfg.train.widths))
     assert int(data.params["num_parameters"]) > 0 and float(data.params["mmacs_per_view"]) > 0
     assert data.params["chosen_precision"] in ("32-true", "bf16-mixed")
     assert data.params["precision_reason"]
