@@ -93,9 +93,9 @@ def classifier_from_checkpoint(path: Path | str) -> LoadedClassifier:
         raise FileNotFoundError(
             f"Checkpoint {path} not found; pass a .ckpt from outputs/checkpoints/."
         )
-    # Lightning checkpoints hold plain Python state besides tensors: needs weights_only=False
-    # (torch>=2.6 defaults to True). Only load checkpoints you wrote yourself.
-    module = LitClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    # The project's checkpoints hold tensors and plain containers only, so the restricted
+    # unpickler reads them: a planted checkpoint cannot run code.
+    module = LitClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     model = module.model.float().to(memory_format=torch.contiguous_format).eval()
     return LoadedClassifier(module=model, class_names=list(CLASS_NAMES), model_uri=str(path))
 

@@ -403,7 +403,8 @@ def fit_model(cfg: AppConfig, setup: FitSetup, run_id: str) -> FitOutcome:
         setup.module,
         datamodule=setup.datamodule,
         ckpt_path=setup.resume_from,
-        weights_only=False,
+        # Tensors and plain containers only: a planted checkpoint cannot run code.
+        weights_only=True,
     )
     seconds = time.monotonic() - started
     if not setup.module.history:
@@ -434,7 +435,7 @@ def evaluate_best(
     module = setup.module
     best_path = _best_path(fit.checkpoint)
     if best_path is not None:
-        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        best = torch.load(best_path, map_location="cpu", weights_only=True)
         module.load_state_dict(best["state_dict"])
     model = module.model.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
     classifier = LoadedClassifier(module=model, class_names=list(CLASS_NAMES))
