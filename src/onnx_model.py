@@ -217,7 +217,7 @@ def predict_within(classifier: OnnxClassifier, images: np.ndarray, limit_s: floa
     except Exception as exc:
         if fired.is_set():
             raise ModelLoadError(
-                f"the ONNX model did not answer a warm-up batch within {limit_s:g} s (stopped); "
+                f"the ONNX model did not answer a warm-up batch within {limit_s:.3g} s (stopped); "
                 "a served graph must answer in a bounded time (no endless Loop)"
             ) from exc
         raise
