@@ -23,6 +23,7 @@ import mlflow
 import mlflow.pytorch
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
@@ -125,7 +126,7 @@ def load_served_classifier(client: MlflowClient, run_id: str | None) -> OnnxClas
         try:
             local = Path(client.download_artifacts(run_id, ONNX_MODEL_ARTIFACT, tmp))
             model_bytes = local.read_bytes()
-        except (mlflow.exceptions.MlflowException, OSError) as exc:
+        except (MlflowException, OSError) as exc:
             raise ValueError(
                 f"run {run_id} has no readable {ONNX_MODEL_ARTIFACT} "
                 f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}); "

@@ -101,14 +101,18 @@ def private_working_folder() -> Iterator[Path]:
     prediction log; whatever resolves a name against the working folder (ONNX Runtime does for
     external data) must find nothing there. Every path the app uses is absolute already.
     """
-    previous = os.getcwd()
+    try:
+        previous: str | None = os.getcwd()
+    except OSError:  # the folder it was started in is gone already
+        previous = None
     folder = Path(tempfile.mkdtemp(prefix="clothing-classifier-api-"))
     os.chdir(folder)
     try:
         yield folder
     finally:
-        with contextlib.suppress(OSError):
-            os.chdir(previous)
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                os.chdir(previous)
         shutil.rmtree(folder, ignore_errors=True)
 
 

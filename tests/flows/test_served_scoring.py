@@ -19,6 +19,8 @@ from src import registry
 from src.data.split import PreparedData
 from src.evaluate import evaluate_classifier
 from src.model_io import load_classifier, log_classifier, log_onnx
+from src.monitoring import versioning
+from tests.helpers.config import app_config
 from tests.helpers.flows import TinyStore
 
 NAME = "served-scoring"
@@ -52,7 +54,8 @@ def _cnn(seed: int) -> torch.nn.Module:
 def _dataset(path: Path, n: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    np.savez(path, x_test=images, y_test=rng.integers(0, 10, size=n))
+    labels = rng.integers(0, 10, size=n)
+    np.savez(path, x_test=images, y_test=labels, x_val=images, y_val=labels)
     return path
 
 
@@ -122,3 +125,18 @@ def test_a_production_without_an_onnx_file_is_not_re_scored_from_its_pt2(
         ValueError, match=r"cannot be re-scored.*onnx/model\.onnx.*never the pickled"
     ):
         champion_predictions(client, champion, prepared, 20)
+
+
+def test_a_payload_in_the_candidates_pt2_never_runs_in_evaluation_or_profiling(
+    tiny_store: TinyStore, tmp_path: Path
+) -> None:
+    """The other two train-flow steps that score the just-logged model read its ONNX file too."""
+    client, candidate = _register(tiny_store, _cnn(6))
+    marker = tmp_path / "pwned"
+    _plant_payload(client, candidate, marker)
+    dataset = _dataset(tmp_path / "d.npz", 60, 7)
+    _, predictions = score_model(client, candidate.run_id, dataset)  # evaluate_task's scoring
+    cfg = app_config(monitor={"reference_sample_size": 50})
+    profile = versioning.validation_profile(cfg, client, candidate.run_id, dataset)
+    assert len(predictions) == 60 and profile.n == 60
+    assert not marker.exists(), "a train-flow step unpickled the candidate's pt2 archive"
