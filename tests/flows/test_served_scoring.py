@@ -45,9 +45,9 @@ def _cnn(seed: int) -> torch.nn.Module:
         torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(8, 8, 3, padding=1),
         torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(3),
+        torch.nn.AdaptiveAvgPool2d(7),
         torch.nn.Flatten(),
-        torch.nn.Linear(72, 10),
+        torch.nn.Linear(392, 10),
     ).eval()
 
 
