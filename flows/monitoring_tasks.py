@@ -37,7 +37,7 @@ def describe_version(
     logger = get_run_logger()
     client = registry.get_client(cfg.tracking_uri)
     try:
-        profile = versioning.validation_profile(cfg, trained.model_uri, prepared.dataset_path)
+        profile = versioning.validation_profile(cfg, client, trained.run_id, prepared.dataset_path)
         with np.load(prepared.dataset_path) as data:
             y_true = np.asarray(data["y_test"], dtype=np.int64)
         inputs = versioning.card_inputs(

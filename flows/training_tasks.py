@@ -70,20 +70,24 @@ class GateOutcome:
 
 
 def _use_tracking(cfg: AppConfig) -> None:
-    # load_classifier and models:/ URIs go through MLflow's global tracking/registry URI.
+    # models:/ URIs and MLflow's fluent calls go through MLflow's global tracking/registry URI.
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
 
 
-def score_model(model_uri: str, dataset_path: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """Load ``model_uri`` exactly as the API does and score it on the whole test split.
+def score_model(
+    client: Any, run_id: str | None, dataset_path: Path
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Score run ``run_id``'s ONNX model, the file the API serves, on the whole test split, in
+    ONNX Runtime as the API runs it (nothing from the artifact store is unpickled).
 
     Returns (metrics, predicted class ids); metrics: accuracy, macro_f1, per_class_f1 by name.
     """
     from src.evaluate import evaluate_classifier
-    from src.model_io import load_classifier
+    from src.model_io import load_served_classifier
 
-    result = evaluate_classifier(load_classifier(model_uri), dataset_path, split="test")
+    classifier = load_served_classifier(client, run_id)
+    result = evaluate_classifier(classifier, dataset_path, split="test")
     metrics = {
         "accuracy": float(result.accuracy),
         "macro_f1": float(result.macro_f1),
@@ -127,7 +131,8 @@ def evaluate_task(prepared: PreparedData, trained: TrainResultLike, cfg: AppConf
     """Score the logged model — the exact artefact that would be served — on the test split,
     keep its predictions in the run, and publish the metrics table."""
     _use_tracking(cfg)
-    metrics, predictions = score_model(trained.model_uri, prepared.dataset_path)
+    client = registry.get_client(cfg.tracking_uri)
+    metrics, predictions = score_model(client, trained.run_id, prepared.dataset_path)
     y_true = load_test_labels(prepared.dataset_path)
     if len(predictions) != len(y_true):
         raise ValueError(
@@ -138,7 +143,7 @@ def evaluate_task(prepared: PreparedData, trained: TrainResultLike, cfg: AppConf
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions_path = out_dir / f"{trained.run_id}_test_predictions.npy"
     np.save(predictions_path, predictions)
-    store_test_predictions(registry.get_client(cfg.tracking_uri), trained.run_id, predictions)
+    store_test_predictions(client, trained.run_id, predictions)
 
     rows: list[dict[str, Any]] = [
         {"metric": "test accuracy (served model)", "value": round(metrics["accuracy"], 4)},
@@ -218,7 +223,6 @@ def store_test_predictions(client: Any, run_id: str, predictions: np.ndarray) ->
 def champion_predictions(
     client: Any,
     champion: ModelVersion,
-    name: str,
     prepared: PreparedData,
     n_test: int,
 ) -> tuple[np.ndarray, str]:
@@ -235,7 +239,10 @@ def champion_predictions(
                 return stored.astype(np.int64), "stored predictions (same data md5 and split hash)"
         except (MlflowException, OSError, ValueError):
             pass
-    _, predictions = score_model(f"models:/{name}/{champion.version}", prepared.dataset_path)
+    try:
+        _, predictions = score_model(client, champion.run_id, prepared.dataset_path)
+    except ValueError as exc:
+        raise ValueError(f"Production v{champion.version} cannot be re-scored: {exc}") from exc
     return predictions, "re-scored on this run's test split"
 
 
@@ -248,7 +255,6 @@ def decide(
     champion: ModelVersion | None,
 ) -> GateOutcome:
     """Floors, then the comparison with ``champion`` (Production) on the same test split."""
-    name = cfg.mlflow.registered_model_name
     y_true = load_test_labels(prepared.dataset_path)
     candidate = np.load(evaluation.predictions_path)
     champion_pred: np.ndarray | None = None
@@ -256,7 +262,7 @@ def decide(
     if champion is not None and str(champion.version) != candidate_version:
         champion_version = str(champion.version)
         champion_pred, champion_source = champion_predictions(
-            client, champion, name, prepared, len(y_true)
+            client, champion, prepared, len(y_true)
         )
         get_run_logger().info("Production v%s: %s", champion_version, champion_source)
     decision = evaluate_gate(

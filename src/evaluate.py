@@ -15,6 +15,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -54,13 +55,23 @@ class EvalResult:
         return "\n".join(lines)
 
 
+class Scorer(Protocol):
+    """What evaluation needs of a model: :class:`src.model_io.LoadedClassifier` (torch) or
+    :class:`src.onnx_model.OnnxClassifier` (the served ONNX file)."""
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    def predict_proba_batched(self, images: Any, batch_size: int = ...) -> np.ndarray: ...
+
+
 def metric_key(class_name: str) -> str:
     """'T-shirt/top' -> 't_shirt_top' (safe as an MLflow metric name)."""
     return re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_")
 
 
 def evaluate_classifier(
-    classifier: LoadedClassifier,
+    classifier: Scorer,
     dataset_path: Path | str,
     split: str = "test",
     batch_size: int = 1000,

@@ -3,14 +3,16 @@
 The model is saved in MLflow's ``pt2`` format (``torch.export``). The exported graph takes
 normalised float32 images shaped (N, 1, 28, 28) for any N and returns logits; the MLmodel metadata
 carries the class names and the preprocessing constants. A pt2 archive still holds a pickled
-member that ``torch.export.load`` unpickles, so :func:`load_classifier` is for trusted processes
-(evaluation of the project's own runs). The API never loads it: it serves the ONNX export of the
-same run (``src/serving/onnx_model.py``), which is data only.
+member that ``torch.export.load`` unpickles, so :func:`load_classifier` is only for a person
+evaluating a model by hand (``python -m src.evaluate``). Nothing automatic loads it: the API
+serves, and the train-flow scores (evaluation, gate, reference profile), the ONNX export of the
+same run through :func:`load_served_classifier` (``src/onnx_model.py``), which is data only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -21,11 +23,13 @@ import mlflow
 import mlflow.pytorch
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
 from src.labels import CLASS_NAMES, IMAGE_SIZE, ONNX_MODEL_ARTIFACT
+from src.onnx_model import OnnxClassifier, load_onnx_classifier
 from src.preprocessing import MEAN, STD
 
 MODEL_ARTIFACT_NAME = "model"
@@ -107,6 +111,29 @@ def load_classifier(model_uri: str) -> LoadedClassifier:
     """Load a model logged by :func:`log_classifier` from any MLflow URI (``models:/...``, ``runs:/...``, path)."""
     local_path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     return load_classifier_from_path(local_path, model_uri=model_uri)
+
+
+def load_served_classifier(client: MlflowClient, run_id: str | None) -> OnnxClassifier:
+    """Run ``run_id``'s ONNX model (``onnx/model.onnx``) in ONNX Runtime, checked as the API
+    checks it: the file the API serves, read as data (nothing unpickled), so a model file that
+    someone with write access to the artifact store replaced cannot run code here."""
+    if not run_id:
+        raise ValueError(
+            "the model version has no run, so no ONNX model to score; register models "
+            "logged by `make train`"
+        )
+    with tempfile.TemporaryDirectory(prefix="served-model-") as tmp:
+        try:
+            local = Path(client.download_artifacts(run_id, ONNX_MODEL_ARTIFACT, tmp))
+            model_bytes = local.read_bytes()
+        except (MlflowException, OSError) as exc:
+            raise ValueError(
+                f"run {run_id} has no readable {ONNX_MODEL_ARTIFACT} "
+                f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}); "
+                "models are scored only from their ONNX file, never the pickled pt2: register "
+                "models logged by `make train`"
+            ) from exc
+    return load_onnx_classifier(model_bytes, CLASS_NAMES, threads=os.cpu_count() or 1)
 
 
 def load_classifier_from_path(local_path: Path, model_uri: str = "") -> LoadedClassifier:

@@ -64,6 +64,11 @@ class ServeConfig(BaseModel):
     load_backoff_max_s: float = Field(gt=0)
     # The ONNX model file is refused past this size (it is held in memory while loading).
     max_model_bytes: int = Field(ge=1)
+    # One registry check (reads, model fetch, load and warm-up) ends by this deadline; one still
+    # running past it is reported stuck in /ready and /metrics while the old model serves.
+    reload_timeout_s: float = Field(gt=0)
+    # A new model's warm-up batches must answer within this, else the version fails to load.
+    warmup_timeout_s: float = Field(gt=0)
     max_batch_files: int = Field(ge=1)
     # One image file; a /predict body may be this plus a little multipart framing.
     max_image_bytes: int = Field(ge=1)

@@ -30,15 +30,18 @@ from src.monitoring.profile import (
 )
 
 
-def validation_profile(cfg: AppConfig, model_uri: str, dataset_path: Path) -> ReferenceProfile:
-    """Score the logged model (as it will be served) on the validation split and profile it."""
-    from src.model_io import load_classifier
-    from src.preprocessing import normalize
+def validation_profile(
+    cfg: AppConfig, client: Any, run_id: str, dataset_path: Path
+) -> ReferenceProfile:
+    """Score run ``run_id``'s served model (its ONNX file, in ONNX Runtime: nothing unpickled)
+    on the validation split and profile it."""
+    from src.model_io import load_served_classifier
+    from src.preprocessing import normalize_array
     from src.training.data import load_split
 
     images, labels = load_split(dataset_path, "val")
-    classifier = load_classifier(model_uri)
-    probabilities = classifier.predict_proba_batched(normalize(images))
+    classifier = load_served_classifier(client, run_id)
+    probabilities = classifier.predict_proba_batched(normalize_array(images))
     return build_profile(
         images,
         labels,

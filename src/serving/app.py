@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
@@ -66,9 +69,12 @@ def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
         max_model_bytes=serve.max_model_bytes,
         load_backoff_s=serve.load_backoff_s,
         load_backoff_max_s=serve.load_backoff_max_s,
+        reload_timeout_s=serve.reload_timeout_s,
+        warmup_timeout_s=serve.warmup_timeout_s,
         on_swap=on_swap,
         on_check_error=lambda _message: metrics.registry_errors.inc(),
     )
+    metrics.watch_reloads(store)
     slots = serve.inference_concurrency or os.cpu_count() or 1
     return ServingContext(
         cfg=cfg,
@@ -87,39 +93,67 @@ def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
     )
 
 
-def lifespan_for(ctx: ServingContext):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def private_working_folder() -> Iterator[Path]:
+    """Run the process from a fresh, empty folder of its own (mode 0700, removed after).
+
+    `make serve` starts in the repo root, beside ``.stack/env.sh``, ``mlflow.db`` and the
+    prediction log; whatever resolves a name against the working folder (ONNX Runtime does for
+    external data) must find nothing there. Every path the app uses is absolute already.
+    """
+    try:
+        previous: str | None = os.getcwd()
+    except OSError:  # the folder it was started in is gone already
+        previous = None
+    folder = Path(tempfile.mkdtemp(prefix="clothing-classifier-api-"))
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                os.chdir(previous)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def lifespan_for(ctx: ServingContext, *, private_workdir: bool = False):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         serve = ctx.cfg.serve
         configure_logging(serve.json_logs, serve.log_level)
-        ctx.logger.info(
-            "starting",
-            extra={
-                "fields": {
-                    "model": ctx.cfg.mlflow.registered_model_name,
-                    "tracking_uri": ctx.store.safe_uri,
-                    "poll_interval_s": serve.poll_interval_s,
-                    "api_key": serve.api_key is not None,
-                    "inference_threads": serve.inference_threads,
-                    "slots": ctx.single_slots.total_tokens,
-                }
-            },
-        )
-        # Load in the background: /health answers at once, /ready once the model is in.
-        poller = asyncio.create_task(ctx.store.run(), name="registry-poller")
-        try:
-            yield
-        finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
-            ctx.logger.info("stopped")
+        workdir = private_working_folder() if private_workdir else contextlib.nullcontext()
+        with workdir:
+            ctx.logger.info(
+                "starting",
+                extra={
+                    "fields": {
+                        "model": ctx.cfg.mlflow.registered_model_name,
+                        "tracking_uri": ctx.store.safe_uri,
+                        "poll_interval_s": serve.poll_interval_s,
+                        "api_key": serve.api_key is not None,
+                        "inference_threads": serve.inference_threads,
+                        "slots": ctx.single_slots.total_tokens,
+                        "working_folder": os.getcwd(),
+                    }
+                },
+            )
+            # Load in the background: /health answers at once, /ready once the model is in.
+            poller = asyncio.create_task(ctx.store.run(), name="registry-poller")
+            try:
+                yield
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+                ctx.logger.info("stopped")
 
     return lifespan
 
 
-def create_app(cfg: AppConfig | None = None) -> FastAPI:
-    """Build the app for ``cfg`` (default: :func:`src.config.load_config`)."""
+def create_app(cfg: AppConfig | None = None, *, private_workdir: bool = False) -> FastAPI:
+    """Build the app for ``cfg`` (default: :func:`src.config.load_config`). With
+    ``private_workdir`` (the server's entry, :mod:`src.api`) the process moves into an empty
+    folder of its own while the app runs (:func:`private_working_folder`)."""
     cfg = cfg or load_config()
     metrics = ServingMetrics()
     ctx = build_context(cfg, metrics)
@@ -127,7 +161,7 @@ def create_app(cfg: AppConfig | None = None) -> FastAPI:
         title="clothing-classifier",
         summary="Classifies photos of garments into the ten Fashion-MNIST classes.",
         version="1.0.0",
-        lifespan=lifespan_for(ctx),
+        lifespan=lifespan_for(ctx, private_workdir=private_workdir),
     )
     app.state.serving = ctx
     app.state.config = cfg

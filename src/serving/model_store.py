@@ -5,6 +5,11 @@ request. A new Production version is loaded and warmed up *beside* the old one; 
 single ``current`` reference replaced (an atomic assignment), so no request ever sees half a swap
 or mixes two versions. A version that fails to load is retried with exponential back-off, not at
 every poll, and the old one keeps serving meanwhile.
+
+Every check has an overall deadline (``reload_timeout_s``): the registry reads stop there, and
+warm-up runs under its own limit. A reload that still has not finished past it (a step that
+cannot be interrupted) is reported as stuck by :meth:`ModelStore.stuck_reload` (/ready, /metrics)
+while the old version keeps serving.
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ import numpy as np
 import yaml
 
 from src.labels import CLASS_NAMES
-from src.serving.onnx_model import ONNX_ARTIFACT, OnnxClassifier, load_onnx_classifier
+from src.onnx_model import ONNX_ARTIFACT, OnnxClassifier, load_onnx_classifier
 from src.serving.redact import redact_text, redact_uri
-from src.serving.registry_reader import RegistryReader, VersionRef, reader_for
+from src.serving.registry_reader import Deadline, RegistryReader, VersionRef, reader_for
 
 logger = logging.getLogger("clothing_classifier.serving")
 
 # Version tags (set by the registry module) that carry metrics.
 METRIC_TAGS = ("test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1")
 MAX_MLMODEL_BYTES = 1024 * 1024
+# The poller gives a check this long past its deadline to stop at a checkpoint before it
+# reports it stuck and polls on.
+STUCK_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,8 @@ class ModelStore:
         max_model_bytes: int = 256 * 1024 * 1024,
         load_backoff_s: float = 30.0,
         load_backoff_max_s: float = 3600.0,
+        reload_timeout_s: float = 120.0,
+        warmup_timeout_s: float = 30.0,
         on_swap: Callable[[LoadedModel | None, LoadedModel], None] | None = None,
         on_check_error: Callable[[str], None] | None = None,
     ) -> None:
@@ -117,12 +127,20 @@ class ModelStore:
         self.max_model_bytes = max_model_bytes
         self.load_backoff_s = load_backoff_s
         self.load_backoff_max_s = load_backoff_max_s
+        self.reload_timeout_s = reload_timeout_s
+        self.warmup_timeout_s = warmup_timeout_s
+        self.on_stuck: Callable[[str], None] | None = None
         self._on_swap = on_swap
         self._on_check_error = on_check_error
         self._current: LoadedModel | None = None
         self._check_lock = threading.Lock()
         self._failures: dict[str, LoadFailure] = {}
         self.status = StoreStatus()
+        # The check in progress: when it started (time.monotonic()), for which version, and
+        # the step it is in. Written by the checking thread, read by /ready and /metrics.
+        self._check_started: float | None = None
+        self._check_version: str | None = None
+        self._check_step = ""
 
     # --- what requests use -------------------------------------------------------------------
     @property
@@ -135,7 +153,30 @@ class ModelStore:
         return self._current is not None
 
     def _reader(self) -> RegistryReader:
-        return reader_for(self.tracking_uri)  # stateless: nothing survives a replaced registry
+        # Stateless (nothing survives a replaced registry); one deadline for the whole check.
+        return reader_for(self.tracking_uri, Deadline(self.reload_timeout_s))
+
+    def check_running_s(self) -> float:
+        """How long the check in progress has run (0 when none is)."""
+        started = self._check_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    def stuck_reload(self) -> str | None:
+        """What a check past its deadline is stuck in, or ``None`` when none is."""
+        running = self.check_running_s()
+        if running <= self.reload_timeout_s:
+            return None
+        current = self._current
+        what = f"Production v{self._check_version}" if self._check_version else "Production"
+        serving = f"serving v{current.version}; " if current is not None else ""
+        return (
+            f"{serving}the reload of {what} has run {running:.0f} s, past its "
+            f"{self.reload_timeout_s:g} s deadline ({self._check_step}); it is abandoned at its "
+            "next checkpoint, else restart the API"
+        )
+
+    def _step(self, step: str) -> None:
+        self._check_step = step
 
     # --- loading -----------------------------------------------------------------------------
     def load(self, ref: VersionRef, reader: RegistryReader | None = None) -> LoadedModel:
@@ -144,9 +185,11 @@ class ModelStore:
         started = time.perf_counter()
         if not ref.run_id:
             raise ValueError("the version has no run, so no ONNX model (onnx/model.onnx) to serve")
+        self._step(f"reading run {ref.run_id}")
         run = reader.run(ref.run_id)
         if run is None:
             raise ValueError(f"its run {ref.run_id} is not in the tracking store")
+        self._step(f"fetching {ONNX_ARTIFACT}")
         try:
             model_bytes = reader.read_artifact(
                 run.artifact_uri, ONNX_ARTIFACT, self.max_model_bytes
@@ -156,9 +199,17 @@ class ModelStore:
                 f"its run {ref.run_id} has no readable ONNX model {ONNX_ARTIFACT} ({exc}); "
                 "register a model logged by `make train`"
             ) from exc
+        self._step("fetching MLmodel")
         metadata = self._mlmodel_metadata(reader, ref)
         class_names = metadata.get("class_names") or list(CLASS_NAMES)
-        classifier = load_onnx_classifier(model_bytes, class_names, threads=self.threads)
+        reader.deadline.check("fetching the model")
+        self._step("opening and warming up the ONNX model")
+        classifier = load_onnx_classifier(
+            model_bytes,
+            class_names,
+            threads=self.threads,
+            warmup_timeout_s=reader.deadline.timeout(self.warmup_timeout_s),
+        )
         classifier.metadata = metadata
         metrics = dict(run.metrics)
         for key in METRIC_TAGS:
@@ -211,51 +262,63 @@ class ModelStore:
     # --- one registry check ------------------------------------------------------------------
     def check_once(self) -> bool:
         """Ask the registry for Production; load and swap when it moved. Returns whether it
-        swapped. Never raises: problems go into :attr:`status` and the log."""
-        with self._check_lock:
-            self.status.attempts += 1
-            self.status.last_check = datetime.now(UTC)
-            try:
-                reader = self._reader()
-                ref = reader.production(self.model_name)
-            except Exception as exc:
-                self._check_failed(
-                    f"the model registry at {self.safe_uri} is unreachable or failing "
-                    f"({_one_line(exc)}); retrying"
-                )
-                return False
-            self.status.production_version = ref.version if ref is not None else None
-            current = self._current
-            if ref is None:
-                self._no_production(current)
-                return False
-            if current is not None and ref.version == current.version:
-                self._settled()
-                return False
-            failure = self._failures.get(ref.version)
-            if failure is not None and time.monotonic() < failure.retry_at:
-                self._show_failure(failure)
-                return False  # backing off: no reload at every poll
-            try:
-                new = self.load(ref, reader)
-            except Exception as exc:
-                self._load_failed(ref.version, exc, failure)
-                return False
-            self._failures.pop(ref.version, None)
-            self.swap(new)
-            self._settled()
-            logger.info(
-                "model loaded",
-                extra={
-                    "fields": {
-                        "model": new.name,
-                        "model_version": new.version,
-                        "previous_version": current.version if current else None,
-                        "load_seconds": round(new.load_seconds, 3),
-                    }
-                },
+        swapped. Never raises: problems go into :attr:`status` and the log. A caller waits at
+        most one deadline for a check already in progress (then returns False)."""
+        if not self._check_lock.acquire(timeout=self.reload_timeout_s):
+            return False
+        try:
+            self._check_started, self._check_version = time.monotonic(), None
+            self._step("reading the registry")
+            return self._check()
+        finally:
+            self._check_started = None
+            self._check_lock.release()
+
+    def _check(self) -> bool:
+        self.status.attempts += 1
+        self.status.last_check = datetime.now(UTC)
+        try:
+            reader = self._reader()
+            ref = reader.production(self.model_name)
+        except Exception as exc:
+            self._check_failed(
+                f"the model registry at {self.safe_uri} is unreachable or failing "
+                f"({_one_line(exc)}); retrying"
             )
-            return True
+            return False
+        self.status.production_version = ref.version if ref is not None else None
+        self._check_version = ref.version if ref is not None else None
+        current = self._current
+        if ref is None:
+            self._no_production(current)
+            return False
+        if current is not None and ref.version == current.version:
+            self._settled()
+            return False
+        failure = self._failures.get(ref.version)
+        if failure is not None and time.monotonic() < failure.retry_at:
+            self._show_failure(failure)
+            return False  # backing off: no reload at every poll
+        try:
+            new = self.load(ref, reader)
+        except Exception as exc:
+            self._load_failed(ref.version, exc, failure)
+            return False
+        self._failures.pop(ref.version, None)
+        self.swap(new)
+        self._settled()
+        logger.info(
+            "model loaded",
+            extra={
+                "fields": {
+                    "model": new.name,
+                    "model_version": new.version,
+                    "previous_version": current.version if current else None,
+                    "load_seconds": round(new.load_seconds, 3),
+                }
+            },
+        )
+        return True
 
     def _no_production(self, current: LoadedModel | None) -> None:
         if current is None:
@@ -314,13 +377,25 @@ class ModelStore:
     # --- background loop ---------------------------------------------------------------------
     async def run(self) -> None:
         """Check now, then every ``retry_interval_s`` until loaded and every ``poll_interval_s``
-        after. Runs until cancelled; never raises."""
+        after. Runs until cancelled; never raises. A check stuck past its deadline is reported
+        once and left to finish on its own; no second one starts beside it."""
         while True:
-            try:
+            if self._check_started is None:
+                await self._poll()
+            await anyio.sleep(self.poll_interval_s if self.ready else self.retry_interval_s)
+
+    async def _poll(self) -> None:
+        try:
+            with anyio.move_on_after(self.reload_timeout_s + STUCK_GRACE_S) as scope:
                 # Abandon on cancel: a hung registry call must not block shutdown.
                 await anyio.to_thread.run_sync(self.check_once, abandon_on_cancel=True)
-            except anyio.get_cancelled_exc_class():
-                raise
-            except Exception as exc:  # check_once does not raise; belt and braces
-                logger.exception("registry check crashed", extra={"fields": {"error": str(exc)}})
-            await anyio.sleep(self.poll_interval_s if self.ready else self.retry_interval_s)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # check_once does not raise; belt and braces
+            logger.exception("registry check crashed", extra={"fields": {"error": str(exc)}})
+            return
+        stuck = self.stuck_reload() if scope.cancelled_caught else None
+        if stuck is not None:
+            logger.error("model reload stuck", extra={"fields": {"error": stuck}})
+            if self.on_stuck is not None:
+                self.on_stuck(stuck)

@@ -96,8 +96,30 @@ class ServingMetrics:
             "Registry checks or model loads that failed.",
             registry=self.registry,
         )
+        self.reload_running = Gauge(
+            "model_reload_running_seconds",
+            "How long the registry check in progress (fetch, load, warm-up) has run; 0 if none.",
+            registry=self.registry,
+        )
+        self.reload_stuck = Gauge(
+            "model_reload_stuck",
+            "1 while a registry check runs past its deadline (the loaded model keeps serving).",
+            registry=self.registry,
+        )
+        self.reload_timeouts = Counter(
+            "model_reload_timeouts",
+            "Registry checks found still running past their deadline.",
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+
+    def watch_reloads(self, store: Any) -> None:
+        """Read the reload gauges from ``store`` (a :class:`src.serving.model_store.ModelStore`)
+        at every scrape, so a stuck check shows while it is stuck."""
+        self.reload_running.set_function(store.check_running_s)
+        self.reload_stuck.set_function(lambda: float(store.stuck_reload() is not None))
+        store.on_stuck = lambda _message: self.reload_timeouts.inc()
 
     def model_swapped(
         self, old_name: str | None, old_version: str | None, name: str, version: str

@@ -11,17 +11,29 @@ where its artifacts live. They are read
 
 Production is the alias ``production``, else the newest version in stage ``Production`` (the same
 rule as :func:`src.registry.current_production`).
+
+Every read of one registry check shares one :class:`Deadline`: a server that trickles a byte a
+second or a query that never ends is cut off there, not read for ever. Redirects are refused (the
+credentials of the tracking URI go to its own origin only), and artifacts are read only from
+regular files (a FIFO or a device in the artifact store would block or never end).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
+import http.client
 import json
+import math
 import os
+import socket
 import sqlite3
-import urllib.error
+import ssl
+import stat
+import threading
+import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,11 +43,38 @@ from src.serving.redact import redact_uri
 
 PRODUCTION_ALIAS = "production"
 PRODUCTION_STAGE = "Production"
-HTTP_TIMEOUT_S = 30.0
+HTTP_TIMEOUT_S = 30.0  # one socket operation; the whole check has its Deadline besides
+READ_CHUNK_BYTES = 1024 * 1024
 
 
 class RegistryReadError(RuntimeError):
     """The registry or artifact store could not be read; the message is safe to show."""
+
+
+class Deadline:
+    """An overall time limit shared by every read of one registry check (``None``: none)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._at = math.inf if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self._at - time.monotonic()
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def timeout(self, cap: float) -> float:
+        """A socket/lock timeout: ``cap``, or less when the deadline is nearer."""
+        return max(0.001, min(cap, self.remaining()))
+
+    def check(self, what: str) -> None:
+        if self.expired:
+            raise RegistryReadError(self.exceeded(what))
+
+    def exceeded(self, what: str) -> str:
+        return f"{what} did not finish within the reload's {self.seconds:g} s deadline"
 
 
 @dataclass(frozen=True)
@@ -59,6 +98,8 @@ class RunInfo:
 
 
 class RegistryReader(Protocol):
+    deadline: Deadline
+
     def production(self, name: str) -> VersionRef | None: ...
 
     def run(self, run_id: str) -> RunInfo | None: ...
@@ -66,31 +107,70 @@ class RegistryReader(Protocol):
     def read_artifact(self, location: str, path: str, max_bytes: int) -> bytes: ...
 
 
-def reader_for(tracking_uri: str) -> RegistryReader:
-    """The reader for ``tracking_uri`` (``sqlite:///...`` or ``http(s)://...``)."""
+def reader_for(tracking_uri: str, deadline: Deadline | None = None) -> RegistryReader:
+    """The reader for ``tracking_uri`` (``sqlite:///...`` or ``http(s)://...``); every read it
+    makes ends by ``deadline``."""
     scheme = urllib.parse.urlparse(tracking_uri).scheme
     if scheme == "sqlite":
-        return SqliteRegistry(tracking_uri)
+        return SqliteRegistry(tracking_uri, deadline)
     if scheme in ("http", "https"):
-        return HttpRegistry(tracking_uri)
+        return HttpRegistry(tracking_uri, deadline)
     raise RegistryReadError(
         f"The API reads the registry from sqlite:/// or http(s):// tracking URIs; got "
         f"{redact_uri(tracking_uri)!r}. Point MLFLOW_TRACKING_URI at one of those."
     )
 
 
-def read_local_file(path: Path, max_bytes: int) -> bytes:
-    """``path``'s bytes, refusing files over ``max_bytes`` (bounded memory)."""
+def _open_regular(path: Path) -> int:
+    """A descriptor of ``path`` if it is a regular file; never blocks (a FIFO opens at once with
+    O_NONBLOCK and is then refused) and follows no symbolic link as its last part."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise RegistryReadError(f"{path.name} is {size} bytes, over the {max_bytes} limit")
-        with path.open("rb") as handle:
-            return handle.read(max_bytes + 1)[:max_bytes]
+        fd = os.open(path, flags)
     except FileNotFoundError as exc:
         raise RegistryReadError(f"{path.name} is missing from the artifact store") from exc
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RegistryReadError(
+                f"{path.name} in the artifact store is a symbolic link; the API reads only "
+                "regular files: store the file itself"
+            ) from exc
         raise RegistryReadError(f"cannot read {path.name}: {exc.strerror}") from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
+        raise RegistryReadError(
+            f"{path.name} in the artifact store is a {kind}, not a regular file; the API reads "
+            "only regular files: store the file itself"
+        )
+    return fd
+
+
+def read_local_file(path: Path, max_bytes: int, deadline: Deadline | None = None) -> bytes:
+    """``path``'s bytes: a regular file only, at most ``max_bytes`` (bounded memory), read in
+    chunks that stop at ``deadline``."""
+    deadline = deadline or Deadline(None)
+    fd = _open_regular(path)
+    try:
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise RegistryReadError(f"{path.name} is {size} bytes, over the {max_bytes} limit")
+            chunks: list[bytes] = []
+            total = 0
+            while total <= max_bytes:
+                deadline.check(f"reading {path.name}")
+                chunk = handle.read(min(READ_CHUNK_BYTES, max_bytes + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+    except OSError as exc:
+        raise RegistryReadError(f"cannot read {path.name}: {exc.strerror}") from exc
+    if total > max_bytes:
+        raise RegistryReadError(f"{path.name} grew over the {max_bytes} byte limit while read")
+    return b"".join(chunks)
 
 
 def local_path(location: str) -> Path | None:
@@ -110,7 +190,8 @@ def _join(location: str, path: str) -> str:
 class SqliteRegistry:
     """Reads an embedded sqlite registry; a fresh read-only connection per call."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, deadline: Deadline | None = None) -> None:
+        self.deadline = deadline or Deadline(None)
         self.path = (
             Path(tracking_uri[len("sqlite:///") :])
             if tracking_uri.startswith("sqlite:///")
@@ -123,15 +204,21 @@ class SqliteRegistry:
         # Read-only and opened per poll: no connection outlives a replaced file.
         uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
         try:
-            return sqlite3.connect(uri, uri=True, timeout=10.0)
+            connection = sqlite3.connect(uri, uri=True, timeout=self.deadline.timeout(10.0))
         except sqlite3.Error as exc:
             raise RegistryReadError(f"cannot open the registry database: {exc}") from exc
+        # Interrupts a query still running at the deadline (checked every 10,000 VM steps).
+        connection.set_progress_handler(lambda: int(self.deadline.expired), 10_000)
+        return connection
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        self.deadline.check("reading the registry database")
         connection = self._connect()
         try:
             return list(connection.execute(sql, args))
         except sqlite3.Error as exc:
+            if self.deadline.expired:
+                raise RegistryReadError(self.deadline.exceeded("reading the registry")) from exc
             raise RegistryReadError(f"cannot read the registry database: {exc}") from exc
         finally:
             connection.close()
@@ -186,41 +273,74 @@ class SqliteRegistry:
                 f"the artifact location {redact_uri(location)!r} is not a local folder; with an "
                 "embedded sqlite registry the API reads artifacts from local folders only"
             )
-        return read_local_file(folder / path, max_bytes)
+        return read_local_file(folder / path, max_bytes, self.deadline)
 
 
 class HttpRegistry:
     """Reads an MLflow tracking server over its REST API (artifacts through its proxy)."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, deadline: Deadline | None = None) -> None:
         parsed = urllib.parse.urlparse(tracking_uri)
-        netloc = parsed.hostname or ""
-        if parsed.port:
-            netloc += f":{parsed.port}"
-        self.base = urllib.parse.urlunparse(
-            (parsed.scheme, netloc, parsed.path.rstrip("/"), "", "", "")
-        )
+        self.deadline = deadline or Deadline(None)
+        self.scheme = parsed.scheme
+        self.host = parsed.hostname or ""
+        self.port = parsed.port
+        self.prefix = parsed.path.rstrip("/")
+        netloc = self.host + (f":{self.port}" if self.port else "")
+        self.base = urllib.parse.urlunparse((self.scheme, netloc, self.prefix, "", "", ""))
         self.headers = _auth_headers(parsed)
 
+    def _connection(self) -> http.client.HTTPConnection:
+        timeout = self.deadline.timeout(HTTP_TIMEOUT_S)
+        if self.scheme == "https":
+            context = ssl.create_default_context()
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=timeout, context=context
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
     def _get(self, path: str, params: dict[str, str], max_bytes: int) -> bytes:
+        """One GET of this server (no redirects followed), all of it by the deadline."""
         query = urllib.parse.urlencode(params)
-        url = f"{self.base}{path}" + (f"?{query}" if query else "")
-        request = urllib.request.Request(url, headers=self.headers)
+        target = f"{self.prefix}{path}" + (f"?{query}" if query else "")
+        self.deadline.check(f"reading {path} from the tracking server")
+        connection = self._connection()
+        # Socket timeouts bound each read, not a server trickling a byte at a time: at the
+        # deadline the watchdog shuts the socket, which ends any read in progress.
+        watchdog = threading.Timer(self.deadline.timeout(math.inf), _shut, (connection,))
+        watchdog.daemon = True
+        if self.deadline.seconds is not None:
+            watchdog.start()
         try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-                data: bytes = response.read(max_bytes + 1)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                raise _NotFound(path) from exc
-            raise RegistryReadError(
-                f"the tracking server answered HTTP {exc.code} for {path}"
-            ) from exc
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            connection.request("GET", target, headers=self.headers)
+            response = connection.getresponse()
+            self._refuse_status(response, path)
+            return _read_body(response, path, max_bytes, self.deadline)
+        except (OSError, http.client.HTTPException) as exc:
+            if self.deadline.expired:
+                raise RegistryReadError(
+                    self.deadline.exceeded(f"reading {path} from the tracking server")
+                ) from exc
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise RegistryReadError(f"the tracking server is unreachable ({reason})") from exc
-        if len(data) > max_bytes:
-            raise RegistryReadError(f"{path} is over the {max_bytes} byte limit")
-        return data
+        finally:
+            watchdog.cancel()
+            connection.close()
+
+    def _refuse_status(self, response: http.client.HTTPResponse, path: str) -> None:
+        status = response.status
+        if 300 <= status < 400:
+            target = urllib.parse.urlparse(response.getheader("Location") or "")
+            where = f"{target.scheme}://{target.hostname}" if target.hostname else "elsewhere"
+            raise RegistryReadError(
+                f"the tracking server redirected {path} (HTTP {status}, to {where}); the API "
+                "follows no redirects, so its credentials never reach another host: point "
+                "MLFLOW_TRACKING_URI at the server's final address"
+            )
+        if status == 404:
+            raise _NotFound(path)
+        if status >= 400:
+            raise RegistryReadError(f"the tracking server answered HTTP {status} for {path}")
 
     def _json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         try:
@@ -296,7 +416,7 @@ class HttpRegistry:
                 raise RegistryReadError(f"{path} is missing from the artifact store") from exc
         folder = local_path(location)
         if folder is not None:
-            return read_local_file(folder / path, max_bytes)
+            return read_local_file(folder / path, max_bytes, self.deadline)
         raise RegistryReadError(
             f"the artifact location {redact_uri(location)!r} is neither served by the tracking "
             "server (start it with --serve-artifacts) nor a local folder"
@@ -305,6 +425,31 @@ class HttpRegistry:
 
 class _NotFound(RegistryReadError):
     pass
+
+
+def _shut(connection: http.client.HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed: nothing left to stop
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _read_body(
+    response: http.client.HTTPResponse, path: str, max_bytes: int, deadline: Deadline
+) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        deadline.check(f"reading {path} from the tracking server")
+        chunk = response.read1(min(READ_CHUNK_BYTES, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    deadline.check(f"reading {path} from the tracking server")  # cut short by the watchdog?
+    if total > max_bytes:
+        raise RegistryReadError(f"{path} is over the {max_bytes} byte limit")
+    return b"".join(chunks)
 
 
 def _pairs(items: Any) -> dict[str, str]:

@@ -108,10 +108,15 @@ async def health() -> dict[str, str]:
 async def ready(request: Request) -> Response:
     store = serving_context(request).store
     model = store.current
+    stuck = store.stuck_reload()
     if model is None:
-        return JSONResponse({"status": "not_ready", "reason": store.status.reason}, status_code=503)
+        reason = stuck or store.status.reason
+        return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
     body: dict[str, Any] = {"status": "ready", "model_version": model.version}
-    if store.status.failure is not None:
+    if stuck is not None:
+        body.update(reason=stuck, reload_stuck=True)
+        body["production_version"] = store.status.production_version
+    elif store.status.failure is not None:
         body["reason"] = store.status.reason
         body["production_version"] = store.status.production_version
     return JSONResponse(body)

@@ -62,9 +62,13 @@ class Readiness(BaseModel):
     model_version: str | None = None
     reason: str | None = Field(
         default=None,
-        description="Why not ready, or 'serving vX; Production vY failed to load: ...'.",
+        description="Why not ready, or 'serving vX; Production vY failed to load: ...', or "
+        "'serving vX; the reload of Production vY has run N s, past its deadline ...'.",
     )
     production_version: str | None = None
+    reload_stuck: bool | None = Field(
+        default=None, description="True while a reload runs past its deadline."
+    )
 
 
 def multipart_body(field: str, *, many: bool, max_files: int) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
-from src.model_io import log_classifier
+from src.model_io import log_classifier, log_onnx
 from tests.helpers.api import free_port
 from tests.helpers.flows import (
     BIN,
@@ -39,6 +40,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStore]:
         )
         with mlflow.start_run(experiment_id=experiment_id) as run:
             info = log_classifier(tiny_model())
+            log_onnx(MlflowClient(uri), run.info.run_id, tiny_model())  # the served form
         yield TinyStore(uri, experiment_id, info.model_uri, run.info.run_id)
     finally:
         mlflow.set_tracking_uri(previous)

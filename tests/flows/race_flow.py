@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.tracking import MlflowClient
 from prefect import flow
 
 from flows.monitoring_tasks import describe_version_task
@@ -29,7 +30,7 @@ from flows.training_tasks import (
 )
 from src.config import load_config
 from src.data.split import PreparedData
-from src.model_io import log_classifier
+from src.model_io import log_classifier, log_onnx
 from tests.helpers.flows import tiny_model
 
 
@@ -60,6 +61,7 @@ def race_flow(dataset: str, seed: int, barrier: str, runners: int) -> dict[str, 
     )
     with mlflow.start_run(experiment_id=experiment) as run:
         info = log_classifier(tiny_model(seed))
+        log_onnx(MlflowClient(cfg.tracking_uri), run.info.run_id, tiny_model(seed))
     prepared = PreparedData.from_file(Path(dataset), data_md5="race-md5", split_hash="race-split")
     trained = Trained(run.info.run_id, info.model_uri)
     evaluation = evaluate_task(prepared, trained, cfg)

@@ -11,7 +11,7 @@ import pytest
 from flows.training_tasks import champion_predictions, score_model, store_test_predictions
 from src import registry
 from src.data.split import PreparedData
-from src.model_io import log_classifier
+from src.model_io import log_classifier, log_onnx
 from tests.helpers.flows import TinyStore, tiny_model
 
 NAME = "champion-predictions"
@@ -40,6 +40,7 @@ def test_a_pixel_only_fix_re_scores_production(tiny_store: TinyStore, tmp_path: 
     client = registry.get_client(tiny_store.tracking_uri)
     with mlflow.start_run(experiment_id=tiny_store.experiment_id) as run:
         info = log_classifier(tiny_model(seed=5))
+        log_onnx(client, run.info.run_id, tiny_model(seed=5))
     mv = registry.register_candidate(
         client,
         NAME,
@@ -47,17 +48,17 @@ def test_a_pixel_only_fix_re_scores_production(tiny_store: TinyStore, tmp_path: 
         run_id=run.info.run_id,
         tags={"data_md5": old.data_md5, "split_hash": old.split_hash},
     )
-    _, on_old = score_model(f"models:/{NAME}/{mv.version}", old.dataset_path)
-    _, on_new = score_model(f"models:/{NAME}/{mv.version}", new.dataset_path)
+    _, on_old = score_model(client, run.info.run_id, old.dataset_path)
+    _, on_new = score_model(client, run.info.run_id, new.dataset_path)
     assert not np.array_equal(on_old, on_new)  # the fix changes Production's answers
     store_test_predictions(client, run.info.run_id, on_old)
     champion = client.get_model_version(NAME, str(mv.version))
 
-    reused, source = champion_predictions(client, champion, NAME, old, len(labels))
+    reused, source = champion_predictions(client, champion, old, len(labels))
     assert source == "stored predictions (same data md5 and split hash)"
     np.testing.assert_array_equal(reused, on_old)
 
-    fresh, source = champion_predictions(client, champion, NAME, new, len(labels))
+    fresh, source = champion_predictions(client, champion, new, len(labels))
     assert source == "re-scored on this run's test split"
     np.testing.assert_array_equal(fresh, on_new)
 
@@ -77,5 +78,5 @@ def test_either_hash_differing_means_re_scoring(
     store_test_predictions(client, tiny_store.run_id, np.full(50, 9))  # not the model's answers
     prepared = make_prepared(dataset, **{**{"data_md5": "m", "split_hash": "s"}, changed: "other"})
     mlflow.set_tracking_uri(tiny_store.tracking_uri)
-    _, source = champion_predictions(client, mv, NAME + "-2", prepared, len(labels))
+    _, source = champion_predictions(client, mv, prepared, len(labels))
     assert source == "re-scored on this run's test split"

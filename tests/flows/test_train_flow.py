@@ -20,7 +20,7 @@ from flows.train_flow import TrainFlowParams, train_flow
 from flows.training_tasks import score_model, store_test_predictions
 from src import registry
 from src.data.sources import TransientDownloadError
-from src.model_io import log_classifier
+from src.model_io import log_classifier, log_onnx
 from tests.flows.fakes import Constant, Memorizer
 from tests.helpers.flows import (
     TinySources,
@@ -63,9 +63,10 @@ def _seed_production(
         if experiment
         else mlflow.create_experiment("seeded", artifact_location=str(root / "seeded"))
     )
+    client = registry.get_client(_uri(root))
     with mlflow.start_run(experiment_id=experiment_id) as run:
         info = log_classifier(model)
-    client = registry.get_client(_uri(root))
+        log_onnx(client, run.info.run_id, model)  # the served form, which the gate scores
     mv = registry.register_candidate(
         client,
         NAME,
@@ -149,7 +150,7 @@ def test_retry_floor_cache_and_champion(
     champion, champion_run = _seed_production(
         project, memorizer, split_hash=first["split_hash"], data_md5=first["data_md5"]
     )
-    metrics, predictions = score_model(f"models:/{NAME}/{champion}", dataset)
+    metrics, predictions = score_model(client, champion_run, dataset)
     assert metrics["accuracy"] == 1.0
     store_test_predictions(client, champion_run, predictions)
 

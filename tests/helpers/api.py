@@ -166,7 +166,13 @@ class Server:
 
 
 def start_server(
-    tmp_path: Path, tracking_uri: str, name: str, *, wait_ready: bool = True, **env: str
+    tmp_path: Path,
+    tracking_uri: str,
+    name: str,
+    *,
+    wait_ready: bool = True,
+    cwd: Path = REPO_ROOT,
+    **env: str,
 ) -> Server:
     port = free_port()
     log_path = tmp_path / f"uvicorn-{port}.log"
@@ -189,7 +195,7 @@ def start_server(
                 "--port",
                 str(port),
             ],
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,

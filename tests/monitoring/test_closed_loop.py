@@ -85,7 +85,7 @@ def _register(cfg: AppConfig, root: Path, dataset: Path, model: torch.nn.Module)
     from src.preprocessing import normalize
 
     y_pred = model(normalize(x_test)).argmax(1).numpy()
-    profile = versioning.validation_profile(cfg, location, dataset)
+    profile = versioning.validation_profile(cfg, client, run.info.run_id, dataset)
     inputs = versioning.card_inputs(
         cfg,
         client,
