@@ -29,9 +29,11 @@ def production_reference(cfg: AppConfig) -> tuple[str, ReferenceProfile]:
     name = cfg.mlflow.registered_model_name
     version = registry.current_production(client, name)
     if version is None:
+        from src.serving.redact import redact_text
+
         raise MonitorError(
-            f"No Production version of {name!r} at {cfg.tracking_uri}: nothing to monitor; "
-            "run `make train` first."
+            f"No Production version of {name!r} at {redact_text(cfg.tracking_uri)}: nothing to "
+            "monitor; run `make train` first."
         )
     if not version.run_id:
         raise MonitorError(f"{name} v{version.version} has no training run to read its profile.")

@@ -160,7 +160,8 @@ class ModelStore:
         class_names = metadata.get("class_names") or list(CLASS_NAMES)
         classifier = load_onnx_classifier(model_bytes, class_names, threads=self.threads)
         classifier.metadata = metadata
-        metrics = dict(run.metrics)
+        # NaN and infinities (an MLflow server sends them) are no JSON: /model would fail on them.
+        metrics = {k: float(v) for k, v in run.metrics.items() if math.isfinite(v)}
         for key in METRIC_TAGS:
             if key in ref.tags and key not in metrics:
                 try:
