@@ -189,8 +189,7 @@ def retrain_task(cfg: AppConfig, decision: DriftDecision) -> str:
         timeout=0,  # start it; do not wait for training to finish
         as_subflow=False,
         tags=[
-            "triggered-by:monitor-flow",
-            "reason:drift",
+            *retrain.RETRAIN_TAGS,  # the retrain guard finds these runs by them
             f"drift-version:{decision.model_version}",
             f"drift-tests:{flagged}",
             f"drift-share:{decision.drift_share:.2f}",

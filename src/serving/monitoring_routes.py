@@ -71,15 +71,7 @@ def monitoring_router(
         summary="Record the true garment for an answer (its `prediction_id`).",
     )
     async def post_feedback(body: FeedbackRequest, request: Request) -> Response:
-        # Per client address; behind a reverse proxy that is the proxy's (see the README).
-        wait = limiter.acquire(request.client.host if request.client else "unknown")
-        if wait > 0:
-            raise HTTPException(
-                429,
-                f"Too many feedback posts from this client (at most "
-                f"{settings.feedback_rate_per_minute:g} a minute); retry in {math.ceil(wait)} s.",
-                headers={"Retry-After": str(math.ceil(wait))},
-            )
+        _take_rate(limiter, request, settings.feedback_rate_per_minute)
         if not PREDICTION_ID.match(body.prediction_id):
             raise HTTPException(
                 422, "prediction_id must be the 32-character id from a /predict answer."
@@ -136,6 +128,19 @@ def monitoring_router(
         return Response(card, media_type="text/markdown; charset=utf-8")
 
     return router
+
+
+def _take_rate(limiter: ClientRateLimiter, request: Request, per_minute: float) -> None:
+    """429 + ``Retry-After`` once this client used up its feedback rate. Per client address:
+    behind a reverse proxy that is the proxy's (see the README)."""
+    wait = limiter.acquire(request.client.host if request.client else "unknown")
+    if wait > 0:
+        raise HTTPException(
+            429,
+            f"Too many feedback posts from this client (at most {per_minute:g} a minute); "
+            f"retry in {math.ceil(wait)} s.",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
 
 
 def _known_prediction(monitor: PredictionMonitor, prediction_id: str) -> bool | None:
