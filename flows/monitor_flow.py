@@ -147,7 +147,10 @@ def drift_triggered_runs(now: float) -> list[TriggeredRun]:
             (FlowRunFilter(tags=tags, state=FlowRunFilterState(type=active)), 10),
             (
                 FlowRunFilter(
-                    tags=tags, expected_start_time=FlowRunFilterExpectedStartTime(after_=day_ago)
+                    tags=tags,
+                    expected_start_time=FlowRunFilterExpectedStartTime.model_validate(
+                        {"after_": day_ago}
+                    ),
                 ),
                 100,
             ),
