@@ -10,6 +10,7 @@ types; anything else reads as missing, so the task runs again and overwrites it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -95,4 +96,9 @@ class DataOnlyResultStorage(LocalFileSystem):
 
 
 def data_only_results(folder: Path) -> DataOnlyResultStorage:
-    return DataOnlyResultStorage(basepath=str(folder))
+    """The storage for ``folder``, saved on the Prefect API (Prefect takes only saved blocks as
+    a task's result storage); one block document per folder, overwritten on every run."""
+    storage = DataOnlyResultStorage(basepath=str(folder))
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    storage.save(f"data-results-{digest}", overwrite=True)
+    return storage
