@@ -3,7 +3,8 @@
 Tasks exchange paths and md5s, never DataFrames. Validation runs on the *staged* download,
 before versioning, so data that fails never reaches ``data/`` or the DVC remote.
 
-Caching (results persisted under ``<outputs>/prefect-results``):
+Caching (results persisted as JSON under ``<outputs>/prefect-results``, read back only as data:
+:mod:`flows.results`):
 
 * download: keyed on the source (a local folder's file names, sizes and mtimes; the published
   md5s for ``url``; the data set/file for ``kaggle``);
@@ -30,11 +31,13 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from flows.locks import data_lock
+from flows.results import data_only_results
 from src.config import AppConfig, load_config
 from src.data.io import read_table
 from src.data.sources import (
@@ -130,6 +133,7 @@ def _retry_transient_only(task: Any, task_run: TaskRun, state: State) -> bool:
 @task(
     name="download",
     persist_result=True,
+    result_serializer="json",
     cache_key_fn=_download_key,
     retry_condition_fn=_retry_transient_only,
 )
@@ -145,7 +149,7 @@ def download_task(cfg: AppConfig, staging: Path) -> FetchedData:
     return fetched
 
 
-@task(name="validate", persist_result=True, cache_key_fn=_validate_key)
+@task(name="validate", persist_result=True, result_serializer="json", cache_key_fn=_validate_key)
 def validate_task(cfg: AppConfig, staged_dir: Path, data_md5: str) -> ValidationReport:
     """Great Expectations on the staged files; the summary becomes a Prefect artifact."""
     logger = get_run_logger()
@@ -192,7 +196,7 @@ def _publish(report: ValidationReport, data_md5: str) -> None:
     )
 
 
-@task(name="version")
+@task(name="version", cache_policy=NO_CACHE, persist_result=False)
 def version_task(cfg: AppConfig, staged_dir: Path) -> DataVersion:
     """Move the validated files into ``data/``; ``dvc add`` + ``dvc push`` when they changed."""
     logger = get_run_logger()
@@ -207,7 +211,7 @@ def version_task(cfg: AppConfig, staged_dir: Path) -> DataVersion:
     return version
 
 
-@task(name="split", persist_result=True, cache_key_fn=_split_key)
+@task(name="split", persist_result=True, result_serializer="json", cache_key_fn=_split_key)
 def split_task(cfg: AppConfig, data_dir: Path, data_md5: str) -> PreparedData:
     """70/15/15 stratified split (seed 42, duplicates kept together) written as an ``.npz``."""
     logger = get_run_logger()
@@ -225,7 +229,7 @@ def split_task(cfg: AppConfig, data_dir: Path, data_md5: str) -> PreparedData:
 def data_flow(cfg: AppConfig | None = None) -> PreparedData:
     cfg = cfg or load_config()
     logger = get_run_logger()
-    results = cfg.paths.outputs / "prefect-results"
+    results = data_only_results(cfg.paths.outputs / "prefect-results")
     staging = staging_dir(cfg)
     fetched = download_task.with_options(
         result_storage=results,

@@ -2,7 +2,9 @@
 
     production + reference profile → window of logged predictions → drift tests → decision
     → MLflow run (experiment ``clothing-classifier-monitoring``) + report (MLflow + Prefect)
-    → on drift with ``monitor.retrain_on_drift``: start train-flow through its deployment
+    → on drift with ``monitor.retrain_on_drift``, if the guard allows (drift in consecutive
+      windows, no drift-triggered run pending, cooldown, daily cap; src/monitoring/retrain.py):
+      start train-flow through its deployment
 
 ``python -m flows.monitor_flow`` runs it once (``--dry-run`` decides and logs but starts nothing);
 ``clothing-classifier deploy`` schedules it (``monitor-flow/hourly``, ``monitor.schedule_cron``).
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +26,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from src.config import AppConfig, ConfigError, load_config
-from src.monitoring import drift, monitor, report
+from src.monitoring import drift, monitor, report, retrain
 from src.monitoring.drift import DriftDecision
 from src.monitoring.profile import ReferenceProfile
+from src.monitoring.retrain import RetrainVerdict, TriggeredRun
 
 REPORT_KEY = "monitoring-report"
 
@@ -119,6 +124,63 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
+def drift_triggered_runs(now: float) -> list[TriggeredRun]:
+    """The train-flow runs monitor-flow started on drift: those of the last 24 h and every one
+    not finished yet (bounded queries on the Prefect API)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    tags = FlowRunFilterTags(all_=list(retrain.RETRAIN_TAGS))
+    active = FlowRunFilterStateType(any_=[StateType(s) for s in sorted(retrain.ACTIVE_STATES)])
+    day_ago = datetime.fromtimestamp(now - retrain.DAY_S, UTC)
+    found: dict[str, TriggeredRun] = {}
+    with get_client(sync_client=True) as client:
+        for run_filter, limit in (
+            (FlowRunFilter(tags=tags, state=FlowRunFilterState(type=active)), 10),
+            (
+                FlowRunFilter(
+                    tags=tags,
+                    expected_start_time=FlowRunFilterExpectedStartTime.model_validate(
+                        {"after_": day_ago}
+                    ),
+                ),
+                100,
+            ),
+        ):
+            for run in client.read_flow_runs(
+                flow_run_filter=run_filter, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit
+            ):
+                created = run.created or run.expected_start_time
+                found[str(run.id)] = TriggeredRun(
+                    str(run.id),
+                    created.timestamp() if created else now,
+                    run.state_type.value if run.state_type else "UNKNOWN",
+                )
+    return list(found.values())
+
+
+@task(name="retrain-guard", cache_policy=NO_CACHE, persist_result=False)
+def retrain_guard_task(
+    cfg: AppConfig, version: str, profile: ReferenceProfile, now: float
+) -> RetrainVerdict:
+    """Drift in consecutive windows, nothing drift-triggered pending, cooldown and daily cap."""
+    earlier = cfg.monitor.retrain_consecutive_windows - 1
+    drifted = 1 + monitor.drifted_windows(cfg, version, profile, now, earlier)
+    verdict = retrain.retrain_verdict(drift_triggered_runs(now), drifted, cfg.monitor, now)
+    (get_run_logger().info if verdict.start else get_run_logger().warning)(
+        "Retraining on drift: %s (%s)", "allowed" if verdict.start else "skipped", verdict.reason
+    )
+    return verdict
+
+
 @task(name="start-retraining", cache_policy=NO_CACHE, persist_result=False)
 def retrain_task(cfg: AppConfig, decision: DriftDecision) -> str:
     """Start train-flow through its deployment (returns the new flow run's id at once)."""
@@ -130,8 +192,7 @@ def retrain_task(cfg: AppConfig, decision: DriftDecision) -> str:
         timeout=0,  # start it; do not wait for training to finish
         as_subflow=False,
         tags=[
-            "triggered-by:monitor-flow",
-            "reason:drift",
+            *retrain.RETRAIN_TAGS,  # the retrain guard finds these runs by them
             f"drift-version:{decision.model_version}",
             f"drift-tests:{flagged}",
             f"drift-share:{decision.drift_share:.2f}",
@@ -159,7 +220,11 @@ def monitor_flow(params: MonitorFlowParams | None = None) -> dict[str, Any]:
     version, profile = reference_task(cfg)
     rows, labelled = window_task(cfg, version)
     decision = decide_task(cfg, version, profile, rows, labelled)
-    retrain = decision.drift_detected and cfg.monitor.retrain_on_drift
+    verdict = None
+    if decision.drift_detected and cfg.monitor.retrain_on_drift:
+        verdict = retrain_guard_task(cfg, version, profile, time.time())
+        decision.reasons.append(f"retraining: {verdict.reason}")
+    retrain = verdict is not None and verdict.start
     tags = {"dry_run": str(params.dry_run).lower(), "retrain_requested": str(retrain).lower()}
     run_id = report_task(cfg, decision, rows, profile, tags)
     train_run_id = None

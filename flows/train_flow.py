@@ -36,6 +36,7 @@ from flows.training_tasks import (
 )
 from src.config import AppConfig, ConfigError, load_config
 from src.data.split import PreparedData
+from src.serving.redact import redact_text
 
 
 class TrainFlowParams(BaseModel):
@@ -100,10 +101,7 @@ def prepare_data(cfg: AppConfig) -> PreparedData:
 def train_flow(params: TrainFlowParams | None = None) -> dict[str, Any]:
     params = params or TrainFlowParams()
     cfg = params.load_config()
-    print(
-        f"train-flow: profile={cfg.profile} data.source={cfg.data.source} "
-        f"tracking={cfg.tracking_uri} model={cfg.mlflow.registered_model_name}"
-    )
+    print(run_banner(cfg))
     production_before = reconcile_task(cfg)
     prepared = prepare_data(cfg)
     trained = train_task(prepared, cfg)
@@ -114,7 +112,8 @@ def train_flow(params: TrainFlowParams | None = None) -> dict[str, Any]:
     promotion = promote_task(prepared, trained, evaluation, version, outcome, cfg)
     return {
         "profile": cfg.profile,
-        "tracking_uri": cfg.tracking_uri,
+        # Shown, logged and kept as the flow's result: without the URI's password or token.
+        "tracking_uri": redact_text(cfg.tracking_uri),
         "registered_model_name": cfg.mlflow.registered_model_name,
         "data_md5": prepared.data_md5,
         "split_hash": prepared.split_hash,
@@ -133,6 +132,14 @@ def train_flow(params: TrainFlowParams | None = None) -> dict[str, Any]:
         "production_before": production_before,
         "production_version": promotion["production_version"],
     }
+
+
+def run_banner(cfg: AppConfig) -> str:
+    """The flow's first log line (Prefect keeps it): the tracking URI without its secrets."""
+    return (
+        f"train-flow: profile={cfg.profile} data.source={cfg.data.source} "
+        f"tracking={redact_text(cfg.tracking_uri)} model={cfg.mlflow.registered_model_name}"
+    )
 
 
 def where_to_look(summary: dict[str, Any]) -> str:

@@ -117,9 +117,24 @@ class PromotionResult:
         )
 
 
+# sqlite registries whose schema this process has seen created.
+_SCHEMA_READY: set[str] = set()
+
+
 def get_client(tracking_uri: str) -> MlflowClient:
-    """A client whose tracking and registry stores are both ``tracking_uri``."""
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    """A client whose tracking and registry stores are both ``tracking_uri``.
+
+    MLflow creates a new sqlite database's tables on first use, and two processes doing so at
+    once can fail (one sees the other's half-made schema): the first use runs under a file lock
+    beside the database, one process at a time."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if tracking_uri.startswith("sqlite:///") and tracking_uri not in _SCHEMA_READY:
+        database = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+        with file_lock(Path(database + ".schema.lock"), 600.0, "creating the MLflow schema"):
+            client.search_experiments(max_results=1)  # creates or migrates the tables
+            client.search_registered_models(max_results=1)
+        _SCHEMA_READY.add(tracking_uri)
+    return client
 
 
 @contextmanager

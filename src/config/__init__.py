@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 CONFIG_DIR_ENV = "CONFIG_DIR"
+# A profile is a file name in configs/profiles/, never a path (no "/", no "..").
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class ConfigError(ValueError):
@@ -111,9 +114,12 @@ def load_config(
     profile = profile or env.get("PROFILE") or None
     if profile:
         profile_path = config_dir / "profiles" / f"{profile}.yaml"
-        if not profile_path.is_file():
+        if not PROFILE_NAME.fullmatch(profile) or not profile_path.is_file():
             known = sorted(p.stem for p in (config_dir / "profiles").glob("*.yaml"))
-            raise ConfigError(f"Unknown profile {profile!r}; choose one of {known}.")
+            raise ConfigError(
+                f"Unknown profile {profile[:80]!r}: a profile is the name of a file in "
+                f"{config_dir / 'profiles'}; choose one of {known}."
+            )
         merged = _deep_merge(merged, _read_yaml(profile_path))
     merged = _deep_merge(merged, _env_overrides(env))
     merged = _deep_merge(merged, overrides or {})

@@ -19,6 +19,8 @@ class DataConfig(BaseModel):
     download_retries: int = Field(ge=0)
     retry_delay_s: float = Field(ge=0)
     timeout_s: float = Field(gt=0)
+    # A downloaded file larger than this is refused (the published files are about 26 MiB).
+    download_max_bytes: int = Field(ge=1)
     # Prefect-level retries of the download task, on transient network errors only.
     task_retries: int = Field(ge=0)
     task_retry_delay_s: float = Field(ge=0)

@@ -24,6 +24,13 @@ class MonitorConfig(BaseModel):
     retention_max_rows: int = Field(ge=1)
     # How often the API refreshes the row count and the last drift decision for /metrics.
     stats_interval_s: float = Field(gt=0)
+    # --- feedback (POST /feedback: one row per answer, the last label wins) ---
+    feedback_rate_per_minute: float = Field(gt=0)
+    feedback_burst: int = Field(ge=1)
+    # Client addresses whose rate is remembered (the least recently seen is forgotten first).
+    feedback_max_clients: int = Field(ge=1)
+    # Labelled answers one monitor run or export reads (the most recently labelled).
+    max_labelled_rows: int = Field(ge=1)
     # --- low-confidence flag (calibrated on the validation split at training time) ---
     # The threshold makes answers at or above it this accurate on the validation split.
     low_confidence_target_accuracy: float = Field(gt=0, le=1)
@@ -39,8 +46,18 @@ class MonitorConfig(BaseModel):
     min_effect: float = Field(gt=0, le=1)
     # drift_detected when at least this share of the tests flag drift.
     drift_share_threshold: float = Field(gt=0, le=1)
+    # A window where the identical_inputs_top_k most repeated inputs make up at least
+    # identical_inputs_max_share of the answers is a repeated upload, not drift: no decision.
+    identical_inputs_top_k: int = Field(ge=1)
+    identical_inputs_max_share: float = Field(gt=0, le=1)
     # Values per statistic kept in the reference profile (a seeded subsample of the validation split).
     reference_sample_size: int = Field(ge=50)
     retrain_on_drift: bool
+    # Retraining needs drift in this many consecutive (non-overlapping) windows, the current one
+    # included; then at most retrain_max_per_day drift-triggered runs, retrain_cooldown_hours
+    # apart, and none while one is still queued or running.
+    retrain_consecutive_windows: int = Field(ge=1)
+    retrain_cooldown_hours: float = Field(ge=0)
+    retrain_max_per_day: int = Field(ge=1)
     train_deployment: str
     schedule_cron: str

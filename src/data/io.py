@@ -76,50 +76,63 @@ def data_files(folder: Path) -> list[Path]:
 # --- IDX ----------------------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataFormatError(f"{path}: cannot read ({exc.strerror}); {FIX_HINT}.") from exc
-    if path.suffix != ".gz":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataFormatError(f"{path}: corrupt or truncated gzip ({exc}); {FIX_HINT}.") from exc
+# More items than any Fashion-MNIST file (plus exported feedback) holds: a header claiming more is
+# refused before anything after it is read or inflated.
+MAX_IDX_ITEMS = 1_000_000
 
 
-def _parse_idx(path: Path, magic: int, dims: int) -> np.ndarray:
-    data = _read_bytes(path)
-    header = 4 + 4 * dims
-    if len(data) < header:
+def _check_header(path: Path, header: bytes, magic: int, dims: int) -> tuple[int, ...]:
+    """The shape an IDX header declares, refused when it is not a Fashion-MNIST file's."""
+    if len(header) < 4 + 4 * dims:
         raise DataFormatError(
-            f"{path}: only {len(data)} bytes, too short for an IDX header; {FIX_HINT}."
+            f"{path}: only {len(header)} bytes, too short for an IDX header; {FIX_HINT}."
         )
-    found_magic = struct.unpack(">I", data[:4])[0]
+    found_magic = struct.unpack(">I", header[:4])[0]
     if found_magic != magic:
         raise DataFormatError(
             f"{path}: wrong IDX magic number 0x{found_magic:08x} (expected 0x{magic:08x}); "
             f"not a Fashion-MNIST {'image' if dims == 3 else 'label'} file; {FIX_HINT}."
         )
-    shape = struct.unpack(">" + "I" * dims, data[4:header])
-    expected = int(np.prod(shape))
-    if len(data) - header != expected:
+    shape = struct.unpack(">" + "I" * dims, header[4:])
+    if dims == 3 and shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataFormatError(
-            f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - header} "
-            f"bytes follow (truncated or padded); {FIX_HINT}."
+            f"{path}: images are {shape[1]}x{shape[2]}, expected 28x28; {FIX_HINT}."
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    if shape[0] > MAX_IDX_ITEMS:
+        raise DataFormatError(
+            f"{path}: header declares {shape[0]} items, more than the {MAX_IDX_ITEMS} any "
+            f"training file here holds; {FIX_HINT}."
+        )
+    return shape
+
+
+def _parse_idx(path: Path, magic: int, dims: int) -> np.ndarray:
+    """Header first, then exactly what it declares (one byte more reveals padding), so a small
+    ``.gz`` that inflates to gigabytes is refused after a few bytes, not after inflating."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as stream:
+            shape = _check_header(path, stream.read(4 + 4 * dims), magic, dims)
+            expected = int(np.prod(shape))
+            data = stream.read(expected + 1)
+    except FileNotFoundError as exc:
+        raise DataFormatError(f"{path}: cannot read ({exc.strerror}); {FIX_HINT}.") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        if path.suffix != ".gz":
+            raise DataFormatError(f"{path}: cannot read ({exc}); {FIX_HINT}.") from exc
+        raise DataFormatError(f"{path}: corrupt or truncated gzip ({exc}); {FIX_HINT}.") from exc
+    if len(data) != expected:
+        follow = f"more than {expected}" if len(data) > expected else str(len(data))
+        raise DataFormatError(
+            f"{path}: header says shape {shape} ({expected} bytes) but {follow} bytes follow "
+            f"(truncated or padded); {FIX_HINT}."
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def read_idx(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read an IDX image/label pair (gzip or raw) into ``uint8 (N,28,28)`` and ``int64 (N,)``."""
     images = _parse_idx(images_path, _IMAGES_MAGIC, 3)
     labels = _parse_idx(labels_path, _LABELS_MAGIC, 1)
-    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DataFormatError(
-            f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28; {FIX_HINT}."
-        )
     if images.shape[0] != labels.shape[0]:
         raise DataFormatError(
             f"{images_path.name} holds {images.shape[0]} images but {labels_path.name} holds "

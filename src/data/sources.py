@@ -162,16 +162,7 @@ def _download_one(
                     raise _Transient(f"HTTP {status}")
                 if status >= 400:
                     raise DownloadError(f"{url}: HTTP {status}; check data.url_base or {WAY_OUT}.")
-                digest = hashlib.md5()
-                size = 0
-                with dest.open("wb") as handle:
-                    for chunk in response.iter_content(chunk_size=_CHUNK):
-                        handle.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                declared = response.headers.get("Content-Length")
-                if declared is not None and int(declared) != size:
-                    raise _Transient(f"truncated transfer ({size} of {declared} bytes)")
+                digest = _stream_to(response, dest, url, cfg.download_max_bytes)
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -200,6 +191,34 @@ def _download_one(
 
 class _Transient(Exception):
     pass
+
+
+def _stream_to(response: Any, dest: Path, url: str, max_bytes: int) -> Any:
+    """Write the body to ``dest`` (md5 on the way), at most ``max_bytes`` of it: a larger body,
+    announced or not, is refused and nothing of it is kept."""
+    declared = response.headers.get("Content-Length")
+    too_big = DownloadError(
+        f"{url}: the file is larger than data.download_max_bytes ({max_bytes} bytes); check "
+        f"data.url_base (or raise DATA_DOWNLOAD_MAX_BYTES), or {WAY_OUT}."
+    )
+    if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+        raise too_big
+    digest = hashlib.md5()
+    size = 0
+    try:
+        with dest.open("wb") as handle:
+            for chunk in response.iter_content(chunk_size=_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_big
+                handle.write(chunk)
+                digest.update(chunk)
+    except DownloadError:
+        dest.unlink(missing_ok=True)
+        raise
+    if declared is not None and declared.strip() != str(size):
+        raise _Transient(f"truncated transfer ({size} of {declared} bytes)")
+    return digest
 
 
 def _fetch_url(

@@ -38,7 +38,9 @@ class PreparedData:
     counts: dict[str, int]
 
     @classmethod
-    def from_file(cls, dataset_path: Path, data_md5: str = "", split_hash: str = "") -> PreparedData:
+    def from_file(
+        cls, dataset_path: Path, data_md5: str = "", split_hash: str = ""
+    ) -> PreparedData:
         """A split ``.npz`` made elsewhere; a hash not given is the file's md5."""
         with np.load(dataset_path) as arrays:
             counts = {p: len(arrays[f"y_{p}"]) for p in PARTS if f"y_{p}" in arrays.files}

@@ -3,10 +3,15 @@
 Each test flags drift when its p-value is below ``alpha`` AND its effect size reaches
 ``min_effect`` (large windows make negligible shifts significant). ``drift_share`` is the share
 of tests that flag drift; ``drift_detected`` when it reaches ``drift_share_threshold``.
+
+A window where a few identical inputs make up most answers (one picture uploaded again and again)
+gets no decision: it says nothing about what users in general send, and retraining on it would
+not change it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,7 +23,7 @@ from src.config.monitor import MonitorConfig
 from src.labels import CLASS_NAMES
 from src.monitoring.profile import ReferenceProfile
 
-Status = Literal["ok", "not_enough_data"]
+Status = Literal["ok", "not_enough_data", "identical_inputs"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,21 @@ def window_arrays(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
         c: np.asarray([np.nan if r[c] is None else r[c] for r in rows], dtype=np.float64)
         for c in columns
     }
+
+
+# What the log records of an input, as the model saw it: identical uploads give identical keys
+# (the same preprocessing, the same model), different pictures practically never do.
+INPUT_KEY = ("width", "height", "mode", "input_mean", "input_std", "class_id", "confidence")
+
+
+def repeated_inputs(rows: Sequence[dict[str, Any]], top_k: int) -> tuple[int, int]:
+    """Answers covered by the ``top_k`` most repeated inputs of the window, and how many
+    distinct inputs it holds."""
+    counts = Counter(
+        tuple(round(v, 6) if isinstance(v, float) else v for v in (r.get(k) for k in INPUT_KEY))
+        for r in rows
+    )
+    return sum(n for _, n in counts.most_common(top_k)), len(counts)
 
 
 def _ks(
@@ -177,6 +197,16 @@ def decide(
         decision.reasons.append(
             f"only {len(rows)} predictions in the window (need {cfg.min_predictions}); "
             "no drift decision"
+        )
+        return decision
+    copies, distinct = repeated_inputs(rows, cfg.identical_inputs_top_k)
+    if copies >= cfg.identical_inputs_max_share * len(rows):
+        decision.status = "identical_inputs"
+        decision.reasons.append(
+            f"{copies} of {len(rows)} answers ({copies / len(rows):.0%}) are copies of "
+            f"{min(cfg.identical_inputs_top_k, distinct)} identical input(s): a repeated upload, "
+            "not a change in what users send; no drift decision (identical_inputs_max_share "
+            f"{cfg.identical_inputs_max_share:.0%})"
         )
         return decision
     window = window_arrays(rows)

@@ -3,8 +3,8 @@
     python -m src.monitoring.feedback --out outputs/feedback/2026-11-29
     python -m src.monitoring.feedback --out outputs/feedback/next --merge-with ../shared/fashion-mnist
 
-writes ``feedback.csv`` (every labelled answer: id, time, version, predicted and true class,
-confidence) and, for the answers whose 28x28 input was kept (``MONITOR_STORE_IMAGES=true``), the
+writes ``feedback.csv`` (the labelled answers, up to ``monitor.max_labelled_rows``, each once with
+its last label: id, time, version, predicted and true class, confidence) and, for the answers whose 28x28 input was kept (``MONITOR_STORE_IMAGES=true``), the
 IDX files ``train-images-idx3-ubyte.gz`` / ``train-labels-idx1-ubyte.gz`` that the data-flow reads.
 ``--merge-with`` appends them to another IDX/CSV folder (e.g. the current training data), so the
 result can be validated, versioned and trained on like any source: ``DATA_SOURCE=<out> make train``.
@@ -109,10 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    limit = cfg.monitor.max_labelled_rows
     try:
-        result = export_feedback(store.labelled(), args.out, args.merge_with)
+        result = export_feedback(store.labelled(limit=limit), args.out, args.merge_with)
     finally:
         store.close()
+    if result.labelled >= limit:
+        print(
+            f"feedback export: only the {limit} most recently labelled answers were exported "
+            "(monitor.max_labelled_rows); raise MONITOR_MAX_LABELLED_ROWS to export more.",
+            file=sys.stderr,
+        )
     print(
         f"{result.labelled} labelled answers -> {args.out / 'feedback.csv'}; "
         f"{result.with_images} with their image"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config import AppConfig
+from src.monitoring import drift
 from src.monitoring.drift import DriftDecision
 from src.monitoring.profile import PROFILE_ARTIFACT, ReferenceProfile
 from src.monitoring.store import PredictionStore, store_url
@@ -28,9 +29,11 @@ def production_reference(cfg: AppConfig) -> tuple[str, ReferenceProfile]:
     name = cfg.mlflow.registered_model_name
     version = registry.current_production(client, name)
     if version is None:
+        from src.serving.redact import redact_text
+
         raise MonitorError(
-            f"No Production version of {name!r} at {cfg.tracking_uri}: nothing to monitor; "
-            "run `make train` first."
+            f"No Production version of {name!r} at {redact_text(cfg.tracking_uri)}: nothing to "
+            "monitor; run `make train` first."
         )
     if not version.run_id:
         raise MonitorError(f"{name} v{version.version} has no training run to read its profile.")
@@ -50,19 +53,41 @@ def production_reference(cfg: AppConfig) -> tuple[str, ReferenceProfile]:
 
 
 def read_window(
-    cfg: AppConfig, model_version: str, now: float | None = None
+    cfg: AppConfig, model_version: str, now: float | None = None, windows_back: int = 0
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The version's logged answers of the last ``monitor.window_hours``, and their feedback."""
-    since = (now if now is not None else time.time()) - cfg.monitor.window_hours * 3600.0
+    """The version's logged answers of the last ``monitor.window_hours`` (``windows_back``
+    windows earlier: the window that many widths before), and their feedback."""
+    width = cfg.monitor.window_hours * 3600.0
+    end = (now if now is not None else time.time()) - windows_back * width
     store = PredictionStore(store_url(cfg))
     try:
-        rows = store.recent_predictions(since, model_version=model_version)
-        labelled = [
-            row for row in store.labelled(since=since) if row["model_version"] == model_version
-        ]
+        until = end if windows_back else None
+        rows = store.recent_predictions(end - width, model_version=model_version, until=until)
+        labelled = store.labelled(
+            limit=cfg.monitor.max_labelled_rows,
+            since=end - width,
+            until=until,
+            model_version=model_version,
+            images=False,
+        )
     finally:
         store.close()
     return rows, labelled
+
+
+def drifted_windows(
+    cfg: AppConfig, model_version: str, profile: ReferenceProfile, now: float, count: int
+) -> int:
+    """Of the ``count`` windows right before the current one, how many found drift, counting
+    back until the first that did not (a window without enough answers ends the count)."""
+    found = 0
+    for back in range(1, count + 1):
+        rows, labelled = read_window(cfg, model_version, now, windows_back=back)
+        earlier = drift.decide(rows, profile, cfg.monitor, labelled, model_version=model_version)
+        if not earlier.drift_detected:
+            break
+        found += 1
+    return found
 
 
 def record_decision(cfg: AppConfig, decision: DriftDecision, mlflow_run_id: str | None) -> None:

@@ -18,8 +18,10 @@ from src.monitoring.profile import ReferenceProfile
 
 def markdown_summary(decision: DriftDecision, window_hours: float) -> str:
     verdict = {True: "DRIFT DETECTED", False: "no drift"}[decision.drift_detected]
-    if decision.status != "ok":
+    if decision.status == "not_enough_data":
         verdict = "no decision (not enough data)"
+    elif decision.status == "identical_inputs":
+        verdict = "no decision (repeated identical inputs)"
     lines = [
         f"## Monitoring: {verdict}",
         "",

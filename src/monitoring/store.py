@@ -1,4 +1,5 @@
-"""The prediction log: one table of answers, one of feedback labels, one of monitor decisions.
+"""The prediction log: one table of answers, one of feedback labels (one row per answer), one of
+monitor decisions.
 
 SQLAlchemy Core over any URL: a sqlite file under ``outputs/`` by default, PostgreSQL (or any
 SQLAlchemy database) via ``monitor.store_url``. The API writes through
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from src.config import AppConfig
 
@@ -39,14 +42,20 @@ predictions = sa.Table(
     sa.Column("image", sa.LargeBinary, nullable=True),
 )
 
+# One row per answer: a later label for the same prediction replaces the earlier one (the last
+# label wins, e.g. a user correcting a mis-click); the first label's time and the number of
+# labels received are kept. Rows go with their prediction, so retention caps both alike.
 feedback = sa.Table(
-    "feedback",
+    "feedback_labels",
     metadata,
-    sa.Column("feedback_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("prediction_id", sa.String(32), nullable=False, index=True),
+    sa.Column("prediction_id", sa.String(32), primary_key=True),
     sa.Column("true_class_id", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),  # the first label
+    sa.Column("updated_at", sa.Float, nullable=False, index=True),  # the last label (it wins)
+    sa.Column("label_count", sa.Integer, nullable=False),
 )
+# Before one-row-per-prediction: every post appended a row (migrated on open, then dropped).
+LEGACY_FEEDBACK = "feedback"
 
 monitor_runs = sa.Table(
     "monitor_runs",
@@ -111,21 +120,29 @@ class PredictionStore:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _migrate_legacy_feedback(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
 
     # --- writes --------------------------------------------------------------------------------
+    def add_batch(
+        self, records: Sequence[PredictionRecord], labels: Sequence[tuple[str, int, float]]
+    ) -> None:
+        """Answers and labels in ONE transaction: a failed write leaves nothing behind, so the
+        retried batch never meets its own rows (and an answer already stored is skipped)."""
+        with self.engine.begin() as conn:
+            if records:
+                rows = [vars(r) for r in records]  # no deep copy
+                conn.execute(_insert_skipping_existing(conn, predictions), rows)
+            _upsert_labels(conn, labels)
+
     def add_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        if records:
-            with self.engine.begin() as conn:
-                conn.execute(predictions.insert(), [vars(r) for r in records])  # no deep copy
+        self.add_batch(records, ())
 
     def add_feedback(self, items: Sequence[tuple[str, int, float]]) -> None:
-        rows = [{"prediction_id": p, "true_class_id": c, "created_at": t} for p, c, t in items]
-        if rows:
-            with self.engine.begin() as conn:
-                conn.execute(feedback.insert(), rows)
+        """``(prediction_id, true class id, unix time)``: one row per prediction, last label wins."""
+        self.add_batch((), items)
 
     def add_monitor_run(self, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -171,30 +188,55 @@ class PredictionStore:
         return int(count or 0)
 
     def recent_predictions(
-        self, since: float, model_version: str | None = None
+        self, since: float, model_version: str | None = None, until: float | None = None
     ) -> list[dict[str, Any]]:
-        """Predictions made at or after ``since`` (unix time), oldest first, without images."""
+        """Predictions made at or after ``since`` (and before ``until``; unix times), oldest
+        first, without images."""
         columns = [c for c in predictions.c if c.name != "image"]
         query = sa.select(*columns).where(predictions.c.created_at >= since)
+        if until is not None:
+            query = query.where(predictions.c.created_at < until)
         if model_version is not None:
             query = query.where(predictions.c.model_version == model_version)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(predictions.c.created_at)).mappings().all()
         return [dict(row) for row in rows]
 
-    def labelled(self, since: float | None = None) -> list[dict[str, Any]]:
-        """Predictions with feedback (the newest label per prediction), images included."""
+    def labelled(
+        self,
+        *,
+        limit: int,
+        since: float | None = None,
+        until: float | None = None,
+        model_version: str | None = None,
+        images: bool = True,
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` labelled answers (by their last label), oldest first: each
+        prediction once, with its last label (``true_class_id``, ``labelled_at``), the first
+        label's time and the number of labels received. Chosen and bounded in SQL."""
+        columns = [c for c in predictions.c if images or c.name != "image"]
         query = sa.select(
-            predictions, feedback.c.true_class_id, feedback.c.created_at.label("labelled_at")
+            *columns,
+            feedback.c.true_class_id,
+            feedback.c.updated_at.label("labelled_at"),
+            feedback.c.created_at.label("first_labelled_at"),
+            feedback.c.label_count,
         ).join(feedback, feedback.c.prediction_id == predictions.c.prediction_id)
         if since is not None:
             query = query.where(predictions.c.created_at >= since)
+        if until is not None:
+            query = query.where(predictions.c.created_at < until)
+        if model_version is not None:
+            query = query.where(predictions.c.model_version == model_version)
+        query = query.order_by(feedback.c.updated_at.desc(), feedback.c.prediction_id).limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(feedback.c.created_at)).mappings().all()
-        newest: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            newest[row["prediction_id"]] = dict(row)
-        return list(newest.values())
+            rows = conn.execute(query).mappings().all()
+        return [dict(row) for row in reversed(rows)]
+
+    def count_labels(self) -> int:
+        with self.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(feedback)).scalar()
+        return int(count or 0)
 
     def last_monitor_run(self) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -213,6 +255,96 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _insert_skipping_existing(conn: sa.Connection, table: sa.Table) -> Any:
+    """``INSERT`` that skips rows whose primary key is already stored (sqlite, PostgreSQL)."""
+    if conn.dialect.name == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "postgresql":
+        return postgres_insert(table).on_conflict_do_nothing()
+    return table.insert()
+
+
+def _collapse(items: Sequence[tuple[str, int, float]]) -> list[dict[str, Any]]:
+    """One row per prediction of a batch, in time order: the last label wins."""
+    merged: dict[str, dict[str, Any]] = {}
+    for prediction_id, class_id, at in sorted(items, key=lambda item: item[2]):
+        row = merged.setdefault(
+            prediction_id,
+            {"prediction_id": prediction_id, "created_at": at, "label_count": 0},
+        )
+        row.update(true_class_id=class_id, updated_at=at, label_count=row["label_count"] + 1)
+    return list(merged.values())
+
+
+def _upsert_labels(conn: sa.Connection, items: Sequence[tuple[str, int, float]]) -> None:
+    rows = _collapse(items)
+    if not rows:
+        return
+    if conn.dialect.name not in ("sqlite", "postgresql"):
+        for row in rows:  # any other database: read, then update or insert, in this transaction
+            _merge_one(conn, row)
+        return
+    insert = (sqlite_insert if conn.dialect.name == "sqlite" else postgres_insert)(feedback)
+    new, old = insert.excluded, feedback.c
+    newer = new.updated_at >= old.updated_at
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[old.prediction_id],
+            set_={
+                "true_class_id": sa.case((newer, new.true_class_id), else_=old.true_class_id),
+                "updated_at": sa.case((newer, new.updated_at), else_=old.updated_at),
+                "created_at": sa.case(
+                    (new.created_at < old.created_at, new.created_at), else_=old.created_at
+                ),
+                "label_count": old.label_count + new.label_count,
+            },
+        ),
+        rows,
+    )
+
+
+def _merge_one(conn: sa.Connection, row: dict[str, Any]) -> None:
+    key = feedback.c.prediction_id == row["prediction_id"]
+    current = conn.execute(sa.select(feedback).where(key)).mappings().first()
+    if current is None:
+        conn.execute(feedback.insert(), [row])
+        return
+    newer = row["updated_at"] >= current["updated_at"]
+    conn.execute(
+        feedback.update()
+        .where(key)
+        .values(
+            true_class_id=row["true_class_id"] if newer else current["true_class_id"],
+            updated_at=max(row["updated_at"], current["updated_at"]),
+            created_at=min(row["created_at"], current["created_at"]),
+            label_count=current["label_count"] + row["label_count"],
+        )
+    )
+
+
+def _migrate_legacy_feedback(engine: sa.Engine) -> None:
+    """Fold the old append-only ``feedback`` table (a row per post) into one row per
+    prediction, last label winning, then drop it."""
+    if LEGACY_FEEDBACK not in sa.inspect(engine).get_table_names():
+        return
+    legacy = sa.Table(LEGACY_FEEDBACK, sa.MetaData(), autoload_with=engine)
+    if "feedback_id" not in legacy.c:
+        return
+    try:
+        with engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(
+                    legacy.c.prediction_id, legacy.c.true_class_id, legacy.c.created_at
+                ).order_by(legacy.c.created_at, legacy.c.feedback_id)
+            ).all()
+            _upsert_labels(conn, [(str(p), int(c), float(t)) for p, c, t in rows])
+            legacy.drop(conn)
+    except sa.exc.SQLAlchemyError:
+        # Another process opening the log at the same moment migrated it first.
+        if LEGACY_FEEDBACK in sa.inspect(engine).get_table_names():
+            raise
 
 
 def records_from_rows(rows: Iterable[dict[str, Any]]) -> list[PredictionRecord]:

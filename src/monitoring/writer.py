@@ -185,8 +185,8 @@ class PredictionLogWriter:
         records = [item for item in items if isinstance(item, PredictionRecord)]
         labels = [item for item in items if not isinstance(item, PredictionRecord)]
         try:
-            self._store.add_predictions(records)
-            self._store.add_feedback(labels)
+            # One transaction: a failure keeps nothing, so the retry writes the whole batch.
+            self._store.add_batch(records, labels)
         except Exception as exc:
             self.stats.write_errors += 1
             logger.error(

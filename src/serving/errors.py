@@ -26,6 +26,7 @@ ERROR_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    429: "too_many_requests",
     431: "headers_too_large",
     503: "not_ready",
 }

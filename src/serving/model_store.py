@@ -211,7 +211,8 @@ class ModelStore:
             warmup_timeout_s=reader.deadline.timeout(self.warmup_timeout_s),
         )
         classifier.metadata = metadata
-        metrics = dict(run.metrics)
+        # NaN and infinities (an MLflow server sends them) are no JSON: /model would fail on them.
+        metrics = {k: float(v) for k, v in run.metrics.items() if math.isfinite(v)}
         for key in METRIC_TAGS:
             if key in ref.tags and key not in metrics:
                 try:

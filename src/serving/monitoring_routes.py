@@ -3,18 +3,20 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from src.labels import CLASS_NAMES
 from src.monitoring.card import MODEL_CARD_TAG
+from src.serving.rate_limit import ClientRateLimiter
 
 if TYPE_CHECKING:
     from src.monitoring.service import PredictionMonitor, ServedModel
@@ -56,6 +58,10 @@ def monitoring_router(
     require_api_key: Callable[..., Any],
 ) -> APIRouter:
     router = APIRouter()
+    settings = monitor.cfg.monitor
+    limiter = ClientRateLimiter(
+        settings.feedback_rate_per_minute, settings.feedback_burst, settings.feedback_max_clients
+    )
 
     @router.post(
         "/feedback",
@@ -64,7 +70,8 @@ def monitoring_router(
         dependencies=[Depends(require_api_key)],
         summary="Record the true garment for an answer (its `prediction_id`).",
     )
-    async def post_feedback(body: FeedbackRequest) -> Response:
+    async def post_feedback(body: FeedbackRequest, request: Request) -> Response:
+        _take_rate(limiter, request, settings.feedback_rate_per_minute)
         if not PREDICTION_ID.match(body.prediction_id):
             raise HTTPException(
                 422, "prediction_id must be the 32-character id from a /predict answer."
@@ -121,6 +128,19 @@ def monitoring_router(
         return Response(card, media_type="text/markdown; charset=utf-8")
 
     return router
+
+
+def _take_rate(limiter: ClientRateLimiter, request: Request, per_minute: float) -> None:
+    """429 + ``Retry-After`` once this client used up its feedback rate. Per client address:
+    behind a reverse proxy that is the proxy's (see the README)."""
+    wait = limiter.acquire(request.client.host if request.client else "unknown")
+    if wait > 0:
+        raise HTTPException(
+            429,
+            f"Too many feedback posts from this client (at most {per_minute:g} a minute); "
+            f"retry in {math.ceil(wait)} s.",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
 
 
 def _known_prediction(monitor: PredictionMonitor, prediction_id: str) -> bool | None:

@@ -216,6 +216,7 @@ def test_clean_then_shifted_images_and_retraining(
         MONITOR_STORE_URL=world.store_url,
         MONITOR_FLUSH_INTERVAL_S="0.1",
         MONITOR_STATS_INTERVAL_S="0.5",
+        MONITOR_FEEDBACK_BURST="100",  # 40 labels from one client at once
     )
     try:
         card = httpx.get(server.url + "/model/card", timeout=10)
@@ -287,7 +288,12 @@ def test_clean_then_shifted_images_and_retraining(
         assert found == []
 
         # 3. The same with retraining on: a train-flow run, the reason in its tags.
-        wet = _monitor(world, prefect_server, MONITOR_RETRAIN_ON_DRIFT="true")
+        #    (One window of drift is enough here; the log holds no earlier window.)
+        retrain_env = {
+            "MONITOR_RETRAIN_ON_DRIFT": "true",
+            "MONITOR_RETRAIN_CONSECUTIVE_WINDOWS": "1",
+        }
+        wet = _monitor(world, prefect_server, **retrain_env)
         assert wet.returncode == 0, wet.stderr[-3000:]
         [train_run] = api_post(
             prefect_server.api_url,
@@ -298,6 +304,21 @@ def test_clean_then_shifted_images_and_retraining(
         assert "reason:drift" in tags and "triggered-by:monitor-flow" in tags
         assert f"drift-version:{world.version}" in tags
         assert train_run["id"] in wet.stdout
+        # 4. The next run still sees the drift, but that train-flow run is still queued (no
+        #    worker here): it starts no other.
+        again = _monitor(world, prefect_server, **retrain_env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "Started train-flow" not in again.stdout and "still scheduled" in again.stdout
+        assert (
+            len(
+                api_post(
+                    prefect_server.api_url,
+                    "flow_runs/filter",
+                    {"deployments": {"id": {"any_": [deployment_id]}}},
+                )
+            )
+            == 1
+        )
         wait_until(
             lambda: re.search(
                 r"^monitor_drift_detected 1\.0$", httpx.get(server.url + "/metrics").text, re.M
@@ -314,4 +335,4 @@ def test_clean_then_shifted_images_and_retraining(
         "artifacts/filter",
         {"artifacts": {"key": {"any_": ["monitoring-report"]}}},
     )
-    assert len(report) == 3 and any("DRIFT" in json.dumps(a["data"]) for a in report)
+    assert len(report) == 4 and any("DRIFT" in json.dumps(a["data"]) for a in report)

@@ -36,8 +36,15 @@ def test_the_api_logs_to_postgresql(registry: Registry, postgres_url: str, tmp_p
     try:
         rows = store.recent_predictions(time.time() - 600)
         assert {row["prediction_id"] for row in rows} >= {a["prediction_id"] for a in answers}
-        [labelled] = [row for row in store.labelled() if row["prediction_id"] == pid]
+        [labelled] = [row for row in store.labelled(limit=100) if row["prediction_id"] == pid]
         assert labelled["true_class_id"] == 8 and labelled["class_id"] == answers[1]["class_id"]
+        # More labels for the same answer: still one row (PostgreSQL's upsert), the last wins.
+        later = time.time() + 1
+        store.add_feedback([(pid, 1, later), (pid, 2, later + 1)])
+        store.add_feedback([(pid, 3, later + 2)])
+        [again] = [row for row in store.labelled(limit=100) if row["prediction_id"] == pid]
+        assert (again["true_class_id"], again["label_count"]) == (3, 4)
+        assert store.count_labels() == 1
         # Retention on PostgreSQL: old rows go, the newest stay.
         now = time.time()
         store.add_predictions([_record(900 + i, now - 90 * 86400 + i) for i in range(3)])

@@ -130,7 +130,7 @@ def test_images_are_kept_only_when_the_setting_says_so(registry: Registry, tmp_p
         pid = answer.json()["prediction_id"]
         assert client.post("/feedback", json={"prediction_id": pid, "label": 3}).status_code == 202
         store = _store(tmp_path)
-        labelled = wait_until(lambda: store.labelled())
+        labelled = wait_until(lambda: store.labelled(limit=100))
         stored = np.frombuffer(labelled[0]["image"], dtype=np.uint8).reshape(28, 28)
         assert np.array_equal(stored, image)
     finally:
@@ -152,9 +152,40 @@ def test_feedback_records_a_label_for_a_known_answer(client: TestClient, tmp_pat
     bad_id = client.post("/feedback", json={"prediction_id": "x", "label": 1})
     assert bad_id.status_code == 422
     store = _store(tmp_path)
-    labelled = wait_until(lambda: store.labelled())
+    labelled = wait_until(lambda: store.labelled(limit=100))
     assert [(row["prediction_id"], row["true_class_id"]) for row in labelled] == [(pid, 6)]
     assert labelled[0]["image"] is None
+
+
+def test_feedback_is_rate_limited_per_client_and_stored_once(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.add_production("varied")
+    client = _client(registry, tmp_path, feedback_burst=3, feedback_rate_per_minute=1)
+    try:
+        png = encode(sample_images(1)[0])
+        pid = client.post("/predict", files={"file": ("a.png", png, "image/png")}).json()[
+            "prediction_id"
+        ]
+        answers = [
+            client.post("/feedback", json={"prediction_id": pid, "label": label})
+            for label in range(6)
+        ]
+        assert [a.status_code for a in answers] == [202] * 3 + [429] * 3
+        limited = answers[-1]
+        assert limited.json()["error"] == "too_many_requests"
+        assert "retry in" in limited.json()["detail"]
+        assert int(limited.headers["retry-after"]) >= 1
+        store = _store(tmp_path)
+        try:
+            [row] = wait_until(
+                lambda: (r := store.labelled(limit=10)) and r[0]["label_count"] == 3 and r
+            )
+            assert row["true_class_id"] == 2 and store.count_labels() == 1  # the last accepted
+        finally:
+            store.close()
+    finally:
+        client.__exit__(None, None, None)
 
 
 def test_feedback_needs_the_same_api_key_as_predict(registry: Registry, tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
-from src.monitoring.store import PredictionRecord, PredictionStore
+from src.monitoring.store import PredictionRecord, PredictionStore, feedback
 from src.monitoring.writer import PredictionLogWriter
 
 
@@ -45,7 +46,7 @@ def test_retention_removes_old_rows_and_keeps_the_newest(tmp_path: Path) -> None
     kept = [row["prediction_id"] for row in store.recent_predictions(0)]
     assert deleted == 9
     assert kept == [f"{100 + i:032x}" for i in range(4, 10)]  # the newest six
-    assert [row["prediction_id"] for row in store.labelled()] == [f"{109:032x}"]
+    assert [row["prediction_id"] for row in store.labelled(limit=100)] == [f"{109:032x}"]
     store.close()
 
 
@@ -84,7 +85,7 @@ def test_labelled_feedback_exports_as_an_idx_dataset(tmp_path: Path) -> None:
     store.add_feedback([(f"{1:032x}", 6, 200.0), (f"{2:032x}", 4, 201.0)])
     base = tmp_path / "base"
     write_idx(base, np.zeros((2, 28, 28), dtype=np.uint8), np.array([1, 2]))
-    result = export_feedback(store.labelled(), tmp_path / "out", merge_with=base)
+    result = export_feedback(store.labelled(limit=100), tmp_path / "out", merge_with=base)
     store.close()
     assert (result.labelled, result.with_images, result.total_images) == (2, 1, 3)
     images, labels = read_images(tmp_path / "out")
@@ -112,11 +113,11 @@ def test_a_failed_write_is_retried_without_losing_rows(tmp_path: Path) -> None:
     class FlakyStore(PredictionStore):
         failures = 2
 
-        def add_predictions(self, records: Any) -> None:
+        def add_batch(self, records: Any, labels: Any) -> None:
             if FlakyStore.failures:
                 FlakyStore.failures -= 1
                 raise OSError("database is restarting")
-            super().add_predictions(records)
+            super().add_batch(records, labels)
 
     writer = _writer(lambda: FlakyStore(url))
     writer.start()
@@ -167,3 +168,104 @@ def test_a_trickle_of_answers_is_written_in_few_batches(tmp_path: Path) -> None:
     started = time.monotonic()
     assert writer.flush(timeout=5) and time.monotonic() - started < 0.4
     writer.close()
+
+
+def _label_rows(store: PredictionStore) -> int:
+    """Rows in the feedback table, counted in SQL (not through the store's own reads)."""
+    with store.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(feedback)).scalar() or 0)
+
+
+def test_a_transient_error_on_the_labels_loses_neither_labels_nor_answers(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    failures = [1]
+
+    def flaky_labels() -> PredictionStore:
+        store = PredictionStore(url)
+
+        def fail_once(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if failures[0] and statement.lstrip().upper().startswith("INSERT INTO FEEDBACK"):
+                failures[0] -= 1
+                raise OSError("disk I/O error")
+
+        sa.event.listen(store.engine, "before_cursor_execute", fail_once)
+        return store
+
+    writer = _writer(flaky_labels)
+    pid = f"{1:032x}"
+    # Queued before the thread starts, so the answer and its label are one batch.
+    writer.put(_record(1, time.time()))
+    writer.put((pid, 6, time.time()))
+    writer.start()
+    assert writer.flush(timeout=30)
+    writer.close()
+    assert failures == [0] and writer.stats.write_errors == 1
+    assert writer.stats.dropped == 0 and writer.stats.written == 1
+    store = PredictionStore(url)
+    assert [(r["prediction_id"], r["true_class_id"]) for r in store.labelled(limit=10)] == [
+        (pid, 6)
+    ]
+    store.close()
+
+
+def test_a_flood_of_labels_for_one_answer_is_one_row_and_the_last_wins(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    pid = f"{7:032x}"
+    store.add_predictions([_record(7, 100.0)])
+    # 3,000 posts in three writer batches, the class cycling 0..9; the last post says 9.
+    for batch in range(3):
+        store.add_feedback([(pid, i % 10, 1000.0 + batch * 1000 + i) for i in range(1000)])
+    assert _label_rows(store) == 1
+    [row] = store.labelled(limit=10)
+    assert (row["true_class_id"], row["label_count"]) == (9, 3000)
+    assert (row["first_labelled_at"], row["labelled_at"]) == (1000.0, 3999.0)
+    # A late-arriving older label does not overwrite a newer one.
+    store.add_feedback([(pid, 2, 500.0)])
+    [row] = store.labelled(limit=10)
+    assert (row["true_class_id"], row["first_labelled_at"], row["label_count"]) == (9, 500.0, 3001)
+    store.close()
+
+
+def test_labelled_answers_are_chosen_and_bounded_in_sql(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    store.add_predictions([_record(i, 100.0 + i) for i in range(5)])
+    store.add_feedback([(f"{i:032x}", 1, 200.0 + (i * 7) % 5) for i in range(5)])
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(str(a[2])))
+    newest = store.labelled(limit=2, images=False)
+    # The two most recently labelled (times 203 and 204: ids 4 and 2), oldest first.
+    assert [r["prediction_id"] for r in newest] == [f"{4:032x}", f"{2:032x}"]
+    assert "image" not in newest[0]
+    [select] = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert "LIMIT" in select.upper()
+    store.close()
+
+
+def test_an_old_append_only_feedback_table_is_folded_into_one_row_per_answer(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    store = PredictionStore(url)
+    store.add_predictions([_record(1, 100.0), _record(2, 101.0)])
+    store.close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE feedback (feedback_id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "prediction_id VARCHAR(32) NOT NULL, true_class_id INTEGER NOT NULL, "
+            "created_at FLOAT NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO feedback (prediction_id, true_class_id, created_at) VALUES "
+            f"('{1:032x}', 3, 200.0), ('{1:032x}', 5, 300.0), ('{2:032x}', 4, 250.0)"
+        )
+    engine.dispose()
+    store = PredictionStore(url)
+    labels = {
+        r["prediction_id"]: (r["true_class_id"], r["label_count"]) for r in store.labelled(limit=10)
+    }
+    assert labels == {f"{1:032x}": (5, 2), f"{2:032x}": (4, 1)}
+    assert "feedback" not in sa.inspect(store.engine).get_table_names()
+    store.close()

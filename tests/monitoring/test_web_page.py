@@ -46,7 +46,7 @@ def test_page_says_not_sure_and_sends_feedback(
     assert page.text_content("#feedback-status") == "Thanks: recorded as Shirt."
     store = PredictionStore(store_url)
     try:
-        [row] = wait_until(lambda: store.labelled())
+        [row] = wait_until(lambda: store.labelled(limit=100))
         assert (row["class_id"], row["true_class_id"], row["low_confidence"]) == (0, 6, True)
     finally:
         store.close()
