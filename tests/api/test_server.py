@@ -26,8 +26,8 @@ THINK_TIME_S = 0.02  # per client between requests: bounded load on a shared 2-c
 VERSION_OF_LABEL = {"T-shirt/top": "1", "Sneaker": "2"}
 
 
-def test_placeholder_api_key_stops_startup_with_one_line() -> None:
-    env = {**os.environ, "SERVE_API_KEY": "changeme"}
+def test_placeholder_api_key_stops_startup_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "SERVE_API_KEY": "changeme", "PATHS_ROOT": str(tmp_path)}
     result = subprocess.run(
         [
             sys.executable,
