@@ -18,6 +18,7 @@ from src.preprocessing import (
     preprocess_image,
     to_model_image,
 )
+from tests.helpers.images import png_header_only
 
 
 def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -88,9 +89,13 @@ def test_bad_bytes_raise_a_clear_error(payload: bytes, message: str) -> None:
 
 
 def test_too_many_pixels_is_refused_before_decoding() -> None:
-    big = _encode(Image.new("L", (300, 300)))
-    with pytest.raises(ImageDecodeError, match="over the limit"):
+    # The header says 300x300 and the pixel data cannot be decoded: only a check made before
+    # decoding refuses it for its size.
+    big = png_header_only(300, 300)
+    with pytest.raises(ImageDecodeError, match="over the limit of 40000 pixels"):
         decode_image(big, max_pixels=200 * 200)
+    with pytest.raises(ImageDecodeError, match="damaged or truncated"):
+        decode_image(big, max_pixels=300 * 300)
 
 
 def test_format_allow_list_is_enforced() -> None:
