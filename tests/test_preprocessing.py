@@ -19,6 +19,7 @@ from src.preprocessing import (
     to_model_image,
 )
 from tests.helpers.images import png_header_only
+from tests.helpers.serving import served_inputs
 
 
 def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -35,11 +36,13 @@ def _garment() -> np.ndarray:
 
 
 def test_fashion_mnist_image_is_unchanged_by_the_api_path() -> None:
+    """What the served model receives for an uploaded 28×28 grayscale PNG (the API's classify
+    path) is the training tensor of the same array, bit for bit."""
     array = _garment()
-    served = preprocess_image(_encode(Image.fromarray(array)))
-    trained = normalize(array[None])[0]
-    assert served.shape == (1, 28, 28)
-    assert torch.equal(served, trained)
+    served = served_inputs([_encode(Image.fromarray(array))])
+    trained = normalize(array[None])
+    assert served.shape == (1, 1, 28, 28)
+    assert torch.equal(torch.from_numpy(served), trained)
 
 
 def test_normalize_shapes_and_scale() -> None:
