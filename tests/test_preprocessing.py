@@ -18,6 +18,8 @@ from src.preprocessing import (
     preprocess_image,
     to_model_image,
 )
+from tests.helpers.images import png_header_only
+from tests.helpers.serving import served_inputs
 
 
 def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -34,11 +36,13 @@ def _garment() -> np.ndarray:
 
 
 def test_fashion_mnist_image_is_unchanged_by_the_api_path() -> None:
+    """What the served model receives for an uploaded 28×28 grayscale PNG (the API's classify
+    path) is the training tensor of the same array, bit for bit."""
     array = _garment()
-    served = preprocess_image(_encode(Image.fromarray(array)))
-    trained = normalize(array[None])[0]
-    assert served.shape == (1, 28, 28)
-    assert torch.equal(served, trained)
+    served = served_inputs([_encode(Image.fromarray(array))])
+    trained = normalize(array[None])
+    assert served.shape == (1, 1, 28, 28)
+    assert torch.equal(torch.from_numpy(served), trained)
 
 
 def test_normalize_shapes_and_scale() -> None:
@@ -88,9 +92,13 @@ def test_bad_bytes_raise_a_clear_error(payload: bytes, message: str) -> None:
 
 
 def test_too_many_pixels_is_refused_before_decoding() -> None:
-    big = _encode(Image.new("L", (300, 300)))
-    with pytest.raises(ImageDecodeError, match="over the limit"):
+    # The header says 300x300 and the pixel data cannot be decoded: only a check made before
+    # decoding refuses it for its size.
+    big = png_header_only(300, 300)
+    with pytest.raises(ImageDecodeError, match="over the limit of 40000 pixels"):
         decode_image(big, max_pixels=200 * 200)
+    with pytest.raises(ImageDecodeError, match="damaged or truncated"):
+        decode_image(big, max_pixels=300 * 300)
 
 
 def test_format_allow_list_is_enforced() -> None:

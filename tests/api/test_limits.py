@@ -18,7 +18,7 @@ from PIL import Image
 
 import src.serving.service as service
 from src.preprocessing import ImageDecodeError, decode_image, to_model_image
-from src.serving.inference import ClientGone, ImageLimits, decode_all
+from src.serving.inference import BadImages, ClientGone, ImageLimits, decode_all
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
 from src.serving.multipart import MultipartError, parse_parts
 from tests.helpers.api import (
@@ -29,6 +29,7 @@ from tests.helpers.api import (
     sample_images,
     wait_until,
 )
+from tests.helpers.images import png_header_only
 
 GOOD_PNG = encode(sample_images(1)[0])
 
@@ -66,8 +67,15 @@ def test_a_long_thin_image_is_never_padded_to_a_huge_square(monkeypatch: Any) ->
 
 
 def test_the_longest_side_is_capped_before_decoding() -> None:
+    # The pixel data cannot be decoded: only a check made from the header says "longest side".
     with pytest.raises(ImageDecodeError, match="longest side"):
-        decode_image(_png(10_000, 1), max_pixels=10**8, max_side=8192)
+        decode_image(png_header_only(10_000, 1), max_pixels=10**8, max_side=8192)
+    with pytest.raises(ImageDecodeError, match="damaged or truncated"):
+        decode_image(png_header_only(10_000, 1), max_pixels=10**8, max_side=10_000)
+    # The service's own decoding path checks the side from the header too.
+    limits = ImageLimits(("PNG",), max_pixels=10**8, max_side=8192, max_batch_pixels=10**9)
+    with pytest.raises(BadImages, match="longest side"):
+        decode_all([png_header_only(10_000, 1)], [None], limits)
 
 
 def test_jpegs_decode_at_reduced_scale() -> None:
@@ -84,6 +92,16 @@ def test_a_batch_over_the_decoded_pixel_budget_is_refused(client: TestClient) ->
     assert response.status_code == 413, response.text
     assert response.json()["error"] == "batch_too_large"
     assert client.post("/predict/batch", files=files[:3]).status_code == 200
+    # Counted from the headers before any image is decoded: files whose pixel data cannot be
+    # decoded are refused for their size all the same (decoding first would say "damaged").
+    headers_only = [
+        ("files", (f"{i}.png", png_header_only(100, 100), "image/png")) for i in range(4)
+    ]
+    response = client.post("/predict/batch", files=headers_only)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "batch_too_large"
+    response = client.post("/predict/batch", files=headers_only[:3])
+    assert response.status_code == 422 and response.json()["error"] == "bad_image", response.text
 
 
 def test_exif_orientation_is_applied() -> None:

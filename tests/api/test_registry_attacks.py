@@ -1,12 +1,15 @@
 """Whoever can write to the registry must not run code in the API: model versions built as an
-attacker would are registered and promoted while a real server runs. The payload never runs, the
-previous version keeps serving, and /ready and /model say which version failed and why."""
+attacker would are registered and promoted while a real server runs. The payload never runs:
+a version whose files carry a payload beside a genuine ONNX model is served from the ONNX model
+alone; one that cannot be served (no ONNX model, a fake or oversized one) is refused, the previous
+version keeps serving, and /ready and /model say which version failed and why."""
 
 from __future__ import annotations
 
 import pickle
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,9 @@ import httpx
 import mlflow
 import torch
 
+from src.labels import ONNX_MODEL_ARTIFACT
 from src.model_io import MODEL_ARTIFACT_NAME
+from src.serving.model_store import MAX_MLMODEL_BYTES
 from tests.helpers.api import Registry, encode, sample_images, wait_until
 
 GOOD_PNG = encode(sample_images(1)[0])
@@ -46,6 +51,32 @@ def _experiment_id(registry: Registry) -> str:
     experiment = registry.client.get_experiment_by_name("api-tests")
     assert experiment is not None
     return str(experiment.experiment_id)
+
+
+def _onnx_of(registry: Registry, which: str, folder: Path) -> Path:
+    """A copy of the genuine ONNX model a session model logged (``which``: tshirt, sneaker...)."""
+    run_id = getattr(registry.sources, which).run_id
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path=ONNX_MODEL_ARTIFACT,
+            dst_path=str(folder / which),
+            tracking_uri=registry.tracking_uri,
+        )
+    )
+
+
+def _with_genuine_onnx(registry: Registry, workdir: Path, log: Callable[[], str]) -> Any:
+    """``log`` into the run, plus the sneaker model's genuine ONNX file where the API reads it:
+    the version loads, so the API gets as far as it ever goes with the attacker's files."""
+    onnx = _onnx_of(registry, "sneaker", workdir)
+
+    def both() -> str:
+        uri = log()
+        mlflow.log_artifact(str(onnx), artifact_path=ONNX_MODEL_ARTIFACT.rsplit("/", 1)[0])
+        return uri
+
+    return both
 
 
 def _pickle_flavour_model(marker: Path) -> Any:
@@ -100,16 +131,34 @@ def _assert_attack_contained(
     assert not marker.exists(), "the payload in the registered model ran inside the API"
 
 
+def _assert_served_from_onnx_only(server_url: str, version: str, marker: Path) -> None:
+    """``version`` serves (the sneaker ONNX model answers) and its payload never ran."""
+
+    def serving() -> Any:
+        assert not marker.exists(), "the payload in the registered model ran inside the API"
+        body = httpx.get(server_url + "/ready", timeout=5).json()
+        return body.get("model_version") == version and body
+
+    wait_until(serving, timeout=60)
+    answer = httpx.post(
+        server_url + "/predict", files={"file": ("x.png", GOOD_PNG, "image/png")}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["label"], answer.json()["model_version"]) == ("Sneaker", version)
+    assert not marker.exists(), "the payload in the registered model ran inside the API"
+
+
 def test_a_pickle_flavour_version_never_runs_code(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
     registry.add_production("tshirt")
     server = server_factory(registry.tracking_uri, registry.name, SERVE_POLL_INTERVAL_S="0.2")
     marker = tmp_path / "pwned"
-    uri, run_id = _new_run_with(registry, lambda: _pickle_flavour_model(marker))
+    log = _with_genuine_onnx(registry, tmp_path, lambda: _pickle_flavour_model(marker))
+    uri, run_id = _new_run_with(registry, log)
     assert not marker.exists()  # logging it ran nothing
     registry.promote(registry.add_source(uri, run_id, "pickle"))
-    _assert_attack_contained(server.url, "2", marker, registry)
+    _assert_served_from_onnx_only(server.url, "2", marker)
 
 
 def test_a_pt2_copy_with_a_payload_member_never_runs_code(
@@ -118,9 +167,120 @@ def test_a_pt2_copy_with_a_payload_member_never_runs_code(
     registry.add_production("tshirt")
     server = server_factory(registry.tracking_uri, registry.name, SERVE_POLL_INTERVAL_S="0.2")
     marker = tmp_path / "pwned"
-    uri, run_id = _new_run_with(registry, lambda: _tampered_pt2_copy(registry, marker, tmp_path))
+    log = _with_genuine_onnx(
+        registry, tmp_path, lambda: _tampered_pt2_copy(registry, marker, tmp_path)
+    )
+    uri, run_id = _new_run_with(registry, log)
     registry.promote(registry.add_source(uri, run_id, "pt2-payload"))
-    _assert_attack_contained(server.url, "2", marker, registry)
+    _assert_served_from_onnx_only(server.url, "2", marker)
+
+
+def _model_folder_with_mlmodel(registry: Registry, workdir: Path, mlmodel: str) -> str:
+    """Production's model folder with its MLmodel replaced by ``mlmodel``, logged as ``model``."""
+    source = Path(registry.client.get_model_version_download_uri(registry.name, "1")[7:])
+    copy = workdir / "forged"
+    shutil.copytree(source, copy)
+    (copy / "MLmodel").write_text(mlmodel)
+    mlflow.log_artifacts(str(copy), artifact_path="model")
+    return mlflow.get_artifact_uri("model")
+
+
+def test_an_mlmodel_yaml_payload_never_runs_code(
+    registry: Registry, server_factory: Any, tmp_path: Path
+) -> None:
+    """MLmodel is the one attacker-written file the API parses (YAML): a tag that constructs a
+    Python object runs code under an unsafe loader."""
+    registry.add_production("tshirt")
+    server = server_factory(registry.tracking_uri, registry.name, SERVE_POLL_INTERVAL_S="0.2")
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').write('payload ran')"
+    mlmodel = (
+        "artifact_path: model\n"
+        f'metadata: !!python/object/apply:builtins.exec ["{code}"]\n'
+        f'flavors: !!python/object/apply:builtins.exec ["{code}"]\n'
+    )
+    log = _with_genuine_onnx(
+        registry, tmp_path, lambda: _model_folder_with_mlmodel(registry, tmp_path, mlmodel)
+    )
+    uri, run_id = _new_run_with(registry, log)
+    registry.promote(registry.add_source(uri, run_id, "yaml-payload"))
+    _assert_served_from_onnx_only(server.url, "2", marker)
+
+
+def test_an_oversized_mlmodel_is_not_read(
+    registry: Registry, server_factory: Any, tmp_path: Path
+) -> None:
+    """An MLmodel over the cap is not parsed (its class names would rename every answer); the
+    ONNX model still serves, with the project's class names."""
+    registry.add_production("tshirt")
+    server = server_factory(registry.tracking_uri, registry.name, SERVE_POLL_INTERVAL_S="0.2")
+    names = [f"forged-{i}" for i in range(10)]
+    padding = "#" * 120 + "\n"
+    mlmodel = (
+        padding * (MAX_MLMODEL_BYTES // len(padding) + 1)
+        + f"artifact_path: model\nmetadata:\n  class_names: {names}\n"
+    )
+    assert len(mlmodel) > MAX_MLMODEL_BYTES
+    log = _with_genuine_onnx(
+        registry, tmp_path, lambda: _model_folder_with_mlmodel(registry, tmp_path, mlmodel)
+    )
+    uri, run_id = _new_run_with(registry, log)
+    registry.promote(registry.add_source(uri, run_id, "big-mlmodel"))
+    _assert_served_from_onnx_only(server.url, "2", tmp_path / "no-payload")
+    model = httpx.get(server.url + "/model", timeout=5).json()
+    assert "forged-7" not in str(model)
+
+
+def test_an_mlmodel_under_the_cap_is_read(
+    registry: Registry, server_factory: Any, tmp_path: Path
+) -> None:
+    """The control for the test above: the same forged class names in a small MLmodel are read
+    (so the cap, not a parse failure, is what kept the big one out)."""
+    registry.add_production("tshirt")
+    server = server_factory(registry.tracking_uri, registry.name, SERVE_POLL_INTERVAL_S="0.2")
+    names = [f"forged-{i}" for i in range(10)]
+    mlmodel = f"artifact_path: model\nmetadata:\n  class_names: {names}\n"
+    log = _with_genuine_onnx(
+        registry, tmp_path, lambda: _model_folder_with_mlmodel(registry, tmp_path, mlmodel)
+    )
+    uri, run_id = _new_run_with(registry, log)
+    registry.promote(registry.add_source(uri, run_id, "small-mlmodel"))
+    wait_until(
+        lambda: httpx.get(server.url + "/ready", timeout=5).json().get("model_version") == "2",
+        timeout=60,
+    )
+    answer = httpx.post(
+        server.url + "/predict", files={"file": ("x.png", GOOD_PNG, "image/png")}, timeout=10
+    )
+    assert answer.json()["label"] == "forged-7"
+
+
+def test_an_onnx_model_over_max_model_bytes_is_refused(
+    registry: Registry, server_factory: Any, tmp_path: Path
+) -> None:
+    """``serve.max_model_bytes`` bounds the model file the API reads: the small image-dependent
+    model fits, the larger linear one is refused and the small one keeps serving."""
+    small = _onnx_of(registry, "varied", tmp_path).stat().st_size
+    large = _onnx_of(registry, "tshirt", tmp_path).stat().st_size
+    assert small < large
+    registry.add_production("varied")
+    server = server_factory(
+        registry.tracking_uri,
+        registry.name,
+        SERVE_POLL_INTERVAL_S="0.2",
+        SERVE_MAX_MODEL_BYTES=str(small),
+    )
+    registry.promote(registry.add_version("tshirt"))
+
+    def reported() -> Any:
+        body = httpx.get(server.url + "/ready", timeout=5).json()
+        return "Production v2 failed to load" in body.get("reason", "") and body
+
+    body = wait_until(reported, timeout=60)
+    assert body["status"] == "ready" and body["model_version"] == "1"
+    model = httpx.get(server.url + "/model", timeout=5).json()
+    assert model["version"] == "1" and model["production_version"] == "2"
+    assert f"over the {small} limit" in model["load_error"], model["load_error"]
 
 
 def test_an_onnx_file_that_is_a_pickle_is_refused(

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.config import data_config
+import src.data.split as split_module
 from src.data.io import write_idx
 from src.data.split import prepare_splits, split_hash, split_indices
+from tests.helpers.config import data_config
 from tests.helpers.data import make_images
 
 
@@ -42,10 +43,14 @@ def test_split_hash_is_pinned() -> None:
     )
 
 
-def test_split_does_not_use_numpy_random_streams(monkeypatch: pytest.MonkeyPatch) -> None:
-    """NumPy does not promise its permutation stream across versions: the split must not use
-    any NumPy random generator at all."""
+def test_the_split_owes_nothing_to_numpy_random_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NumPy does not promise its random streams across versions. The split draws nothing from
+    them when it runs, and the one thing made from a NumPy generator (at import: the multipliers
+    of the hash that proposes duplicate groups) does not change it: with other multipliers, even
+    all-zero ones that put every image in one proposed group, the split is the same."""
     images, labels = _images_without_numpy_rng()
+    images = np.concatenate([images, images[:30]])  # 30 duplicated images, same labels
+    labels = np.concatenate([labels, labels[:30]])
     expected = split_indices(images, labels)
 
     def forbidden(*args: object, **kwargs: object) -> None:
@@ -54,8 +59,19 @@ def test_split_does_not_use_numpy_random_streams(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(np.random, "default_rng", forbidden)
     monkeypatch.setattr(np.random, "permutation", forbidden)
     monkeypatch.setattr(np.random, "shuffle", forbidden)
-    for got, want in zip(split_indices(images, labels), expected, strict=True):
-        np.testing.assert_array_equal(got, want)
+    shape = split_module._HASH_MULTIPLIERS.shape
+    for multipliers in (
+        split_module._HASH_MULTIPLIERS,
+        np.arange(1, 2 * shape[0] * shape[1], 2, dtype=np.uint64).reshape(shape),
+        np.zeros(shape, dtype=np.uint64),
+    ):
+        monkeypatch.setattr(split_module, "_HASH_MULTIPLIERS", multipliers)
+        for got, want in zip(split_indices(images, labels), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    train, val, test = expected
+    for row in range(30):  # each duplicate sits in the part of its original
+        parts = [row in part for part in (train, val, test)]
+        assert parts == [400 + row in part for part in (train, val, test)]
 
 
 def test_order_within_a_class_follows_the_keyed_image_hash() -> None:

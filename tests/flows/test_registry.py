@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src import registry
+from src import locking, registry
 from src.model_io import load_classifier
 from src.monitoring.card import MODEL_CARD_TAG
 from tests.helpers.flows import PrefectServer, TinyStore, project_env
@@ -269,11 +269,17 @@ class InterleavingClient(MlflowClient):
 
 
 def test_promotion_inside_another_flows_reconcile_replayed(
-    client: MlflowClient, tiny_store: TinyStore, name: str, tmp_path: Any
+    client: MlflowClient,
+    tiny_store: TinyStore,
+    name: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The interleaving that once left the alias on v3 and every version Archived: flow A's
     reconcile reads "Production = v2", flow B promotes v3, flow A archives what is not v2.
-    Both hold the registry lock as the flows do; B must wait for A, and the end state is v3."""
+    Both hold the registry lock as the flows do; B must wait for A, and the end state is v3.
+    A waits until B has been refused the lock (or, without a lock, has finished), so a slow B
+    cannot pass for a blocked one."""
     lock_dir = tmp_path / "locks"
     _run(client, tiny_store, name, passed=True)
     v2 = _run(client, tiny_store, name, passed=True)
@@ -289,10 +295,25 @@ def test_promotion_inside_another_flows_reconcile_replayed(
         finished.append("B")
 
     thread = threading.Thread(target=flow_b)
+    b_refused = threading.Event()
+    real_flock = locking.fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        try:
+            real_flock(fd, operation)
+        except BlockingIOError:
+            if threading.current_thread() is thread:
+                b_refused.set()  # B asked for the lock while A holds it
+            raise
+
+    monkeypatch.setattr(locking.fcntl, "flock", flock)
 
     def b_promotes_now() -> None:
         thread.start()
-        thread.join(timeout=3)  # without a lock B is done well within this
+        deadline = time.monotonic() + 120
+        while not b_refused.is_set() and thread.is_alive():
+            assert time.monotonic() < deadline, "flow B neither asked for the lock nor finished"
+            time.sleep(0.01)
 
     a_client = InterleavingClient(tiny_store.tracking_uri, b_promotes_now)
     with registry.registry_lock(tiny_store.tracking_uri, lock_dir):

@@ -11,14 +11,43 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
+import torch
 
 from flows.rollback_flow import rollback_flow
 from src import registry
+from src.labels import CLASS_NAMES
 from src.model_io import log_classifier, log_onnx
-from tests.helpers.api import Server, start_server, stop_server
+from src.preprocessing import normalize
+from tests.helpers.api import Server, encode, sample_images, start_server, stop_server
 from tests.helpers.flows import tiny_model
 
 NAME = "rollback-model"
+
+
+IMAGE = sample_images(1, seed=3)[0]
+
+
+def _expected_top_k(seed: int) -> list[tuple[str, float]]:
+    """The top-3 (label, probability) that ``tiny_model(seed)`` computes for IMAGE in process."""
+    with torch.no_grad():
+        probabilities = torch.softmax(tiny_model(seed)(normalize(IMAGE)), dim=1)[0]
+    order = torch.argsort(probabilities, descending=True)[:3]
+    return [(CLASS_NAMES[int(i)], float(probabilities[i])) for i in order]
+
+
+def _assert_answer_computed_by(server: Server, seed: int, version: str) -> None:
+    """The served answer is what the model of ``seed`` computes, stamped ``version``."""
+    response = httpx.post(
+        f"{server.url}/predict", files={"file": ("x.png", encode(IMAGE), "image/png")}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert str(body["model_version"]) == version
+    served = [(item["label"], item["probability"]) for item in body["top_k"]]
+    expected = _expected_top_k(seed)
+    assert [label for label, _ in served] == [label for label, _ in expected]
+    for (_, got), (_, want) in zip(served, expected, strict=True):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
 
 
 def _served_version(url: str) -> str | None:
@@ -73,9 +102,12 @@ def test_running_api_follows_a_rollback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uri, v1, v2 = two_versions
+    # The two versions' answers tell them apart (checked on the models themselves first).
+    assert _expected_top_k(1) != _expected_top_k(2)
     server = start_server(tmp_path, uri, NAME, wait_ready=False, SERVE_POLL_INTERVAL_S="0.5")
     try:
         _wait_for_version(server, v2)
+        _assert_answer_computed_by(server, seed=2, version=v2)
         # The rollback-flow, as the Prefect UI would run it, on this registry.
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.setenv("MLFLOW_REGISTERED_MODEL_NAME", NAME)
@@ -87,6 +119,7 @@ def test_running_api_follows_a_rollback(
         print(f"API served the rolled-back v{v1} {waited:.1f} s after the rollback")
         model = httpx.get(f"{server.url}/model", timeout=5).json()
         assert str(model["version"]) == v1
+        _assert_answer_computed_by(server, seed=1, version=v1)
     finally:
         stop_server(server)
     client = registry.get_client(uri)

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,10 +107,21 @@ class Registry:
         return version
 
 
+def app_root(tracking_uri: str) -> Path:
+    """A fresh project root for one app's working files (its prediction log among them): beside
+    the test's sqlite registry, or a new temporary folder; never the repo's outputs/."""
+    if tracking_uri.startswith("sqlite:///"):
+        parent = Path(tracking_uri[len("sqlite:///") :]).parent
+        if parent.is_dir():
+            return Path(tempfile.mkdtemp(prefix="app-", dir=parent))
+    return Path(tempfile.mkdtemp(prefix="clothing-classifier-test-"))
+
+
 def make_config(tracking_uri: str, name: str, **serve: Any) -> AppConfig:
     settings: dict[str, Any] = {"poll_interval_s": 0.2, "retry_interval_s": 0.1, **serve}
     return load_config(
         overrides={
+            "paths": {"root": str(app_root(tracking_uri))},
             "mlflow": {"tracking_uri": tracking_uri, "registered_model_name": name},
             "serve": settings,
         },
@@ -174,12 +186,16 @@ def start_server(
     cwd: Path = REPO_ROOT,
     **env: str,
 ) -> Server:
+    """A uvicorn process on a free port; its working files (the prediction log in
+    ``tmp_path/outputs/monitoring/``, shared by the servers of one test) stay in ``tmp_path``."""
     port = free_port()
     log_path = tmp_path / f"uvicorn-{port}.log"
+    inherited = ("SERVE_", "MLFLOW_", "MONITOR_", "PATHS_")
     full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "MLFLOW_"))},
+        **{k: v for k, v in os.environ.items() if not k.startswith(inherited)},
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_REGISTERED_MODEL_NAME": name,
+        "PATHS_ROOT": str(tmp_path),
         "PROFILE": "",
         **env,
     }

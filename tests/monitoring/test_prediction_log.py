@@ -252,9 +252,14 @@ def test_model_card_is_served_from_the_version(registry: Registry, tmp_path: Pat
 
 
 def test_light_background_detection_matches_preprocessing() -> None:
-    from src.preprocessing import to_model_image, to_model_image_and_inversion
+    """The logged ``inverted`` flag says what the preprocessing did to the pixels: a light picture
+    reaches the model inverted (255 - v), a dark one unchanged."""
+    from src.preprocessing import to_model_image_and_inversion
 
-    light = Image.new("L", (28, 28), 240)
-    array, inverted = to_model_image_and_inversion(light)
-    assert inverted and np.array_equal(array, to_model_image(light))
-    assert not to_model_image_and_inversion(Image.new("L", (28, 28), 10))[1]
+    light = np.full((28, 28), 240, dtype=np.uint8)
+    light[6:20, 8:18] = 40  # a dark garment on light paper
+    array, inverted = to_model_image_and_inversion(Image.fromarray(light))
+    assert inverted and np.array_equal(array, 255 - light)
+    dark = 255 - light  # the same garment, Fashion-MNIST's way round
+    array, inverted = to_model_image_and_inversion(Image.fromarray(dark))
+    assert not inverted and np.array_equal(array, dark)

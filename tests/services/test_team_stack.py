@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import mlflow
 import pytest
 import yaml
 
@@ -28,7 +29,18 @@ from deployments.stack import (
 )
 from src import registry
 from src.data.versioning import folder_md5, read_dvc_md5
-from tests.helpers.api import Server, encode, sample_images, start_server, stop_server, wait_until
+from src.labels import CLASS_NAMES
+from src.model_io import log_classifier, log_onnx
+from src.monitoring.store import PredictionStore
+from tests.helpers.api import (
+    Server,
+    constant_model,
+    encode,
+    sample_images,
+    start_server,
+    stop_server,
+    wait_until,
+)
 from tests.helpers.flows import BIN
 from tests.helpers.services import MODEL_NAME, DeploymentRun, Team
 
@@ -130,24 +142,23 @@ def test_data_is_in_the_dvc_bucket_and_a_fresh_clone_pulls_it(
 # --- two API replicas on the MLflow server ------------------------------------------------------
 
 POLL_S = 3.0  # the replicas' registry poll interval
-# A replica notices a promotion at its next poll (at most one interval later), then fetches the
-# small ONNX file through the artefact proxy and loads it: a second is ample for that.
-LOAD_ALLOWANCE_S = 1.5
-OUTAGE_S = 10.0
-# After the outage a replica notices the next promotion at one of its next polls.
-RECOVERY_S = 2 * POLL_S + LOAD_ALLOWANCE_S
+OUTAGE_S = 10.0  # how long the MLflow server stays down while the replicas serve
+# Generous deadlines (conditions, not speed targets): a replica notices a promotion at its next
+# poll; the figures are printed, and benchmarks/ measures serving speed.
+SWITCH_DEADLINE_S = 120.0
 
 
 class Traffic(threading.Thread):
     """A bounded client loop: /predict on every replica in turn, counting what failed."""
 
-    def __init__(self, urls: list[str], max_requests: int = 4000, max_seconds: float = 240) -> None:
+    def __init__(self, urls: list[str], max_requests: int = 4000, max_seconds: float = 400) -> None:
         super().__init__(daemon=True)
         self.urls, self.max_requests, self.max_seconds = urls, max_requests, max_seconds
         self.stop = threading.Event()
-        self.answers: list[tuple[float, str, str]] = []  # (time, replica, version)
+        # (time, replica, version stamped, label computed, prediction id)
+        self.answers: list[tuple[float, str, str, str, str]] = []
         self.failures: list[str] = []
-        self.image = encode(sample_images(1)[0])
+        self.image = IMAGE
 
     def run(self) -> None:
         started = time.monotonic()
@@ -168,8 +179,16 @@ class Traffic(threading.Thread):
                     if response.status_code != 200:
                         self.failures.append(f"{url}: {response.status_code} {response.text[:200]}")
                     else:
-                        version = str(response.json()["model_version"])
-                        self.answers.append((time.monotonic(), url, version))
+                        body = response.json()
+                        self.answers.append(
+                            (
+                                time.monotonic(),
+                                url,
+                                str(body["model_version"]),
+                                str(body["label"]),
+                                str(body["prediction_id"]),
+                            )
+                        )
                 time.sleep(0.05)
 
     def finish(self) -> None:
@@ -177,38 +196,67 @@ class Traffic(threading.Thread):
         self.join(timeout=60)
 
 
-def served_version(url: str) -> str | None:
+IMAGE = encode(sample_images(1)[0])
+
+
+def served_answer(url: str) -> tuple[str, str] | None:
+    """(version stamped, label computed) of one /predict answer, None if none came."""
     try:
-        response = httpx.get(f"{url}/model", timeout=5)
+        response = httpx.post(
+            f"{url}/predict", files={"file": ("garment.png", IMAGE, "image/png")}, timeout=10
+        )
     except httpx.HTTPError:
         return None
-    return str(response.json()["version"]) if response.status_code == 200 else None
+    if response.status_code != 200:
+        return None
+    body = response.json()
+    return str(body["model_version"]), str(body["label"])
 
 
-def promote_copy_of_v1(team: Team) -> str:
-    """Register the trained model again and pass it through the gate and promotion steps the
-    train-flow uses (src/registry.py)."""
-    client = registry.get_client(team.stack.mlflow_url)
+def promote_constant_model(team: Team, class_id: int) -> str:
+    """Log a model that answers ``class_id`` for every image into a new run on the MLflow server
+    (ONNX included, through the artefact proxy), and pass it through the gate and promotion
+    steps the train-flow uses (src/registry.py): the label of an answer tells which version
+    computed it."""
+    uri = team.stack.mlflow_url
+    client = registry.get_client(uri)
     first = client.get_model_version(MODEL_NAME, "1")
+    experiment_id = client.get_run(str(first.run_id)).info.experiment_id
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            info = log_classifier(constant_model(class_id))
+            location = mlflow.get_logged_model(info.model_id).artifact_location
+        log_onnx(client, run.info.run_id, constant_model(class_id))
+    finally:
+        mlflow.set_tracking_uri(previous)
     new = registry.register_candidate(
-        client, MODEL_NAME, model_uri=str(first.source), run_id=first.run_id
+        client, MODEL_NAME, model_uri=location, run_id=run.info.run_id
     )
     version = str(new.version)
     registry.record_gate_decision(
-        client, MODEL_NAME, version, passed=True, reasons=["services test: same model as v1"]
+        client, MODEL_NAME, version, passed=True, reasons=[f"services test: answers {class_id}"]
     )
     registry.promote(client, MODEL_NAME, version)
     return version
 
 
-def seconds_until_all_serve(urls: list[str], version: str, timeout: float) -> float:
+def seconds_until_all_answer(urls: list[str], version: str, label: str) -> float:
+    """Until every replica's answer is computed by the model that answers ``label`` and stamped
+    ``version``."""
     started = time.monotonic()
-    wait_until(lambda: all(served_version(url) == version for url in urls), timeout, 0.1)
+    wait_until(
+        lambda: all(served_answer(url) == (version, label) for url in urls),
+        SWITCH_DEADLINE_S,
+        0.1,
+    )
     return time.monotonic() - started
 
 
 def start_replicas(tmp_path: Path, tracking_uri: str, count: int = 2) -> list[Server]:
-    """``count`` uvicorn processes at once; if one fails to start, the others are stopped."""
+    """``count`` uvicorn processes at once, one prediction log (sqlite in ``tmp_path``) for all;
+    if one fails to start, the others are stopped."""
 
     def start() -> Server:
         return start_server(
@@ -217,6 +265,7 @@ def start_replicas(tmp_path: Path, tracking_uri: str, count: int = 2) -> list[Se
             MODEL_NAME,
             SERVE_POLL_INTERVAL_S=str(POLL_S),
             SERVE_RETRY_INTERVAL_S="1",
+            MONITOR_STORE_URL=shared_log_url(tmp_path),
         )
 
     with ThreadPoolExecutor(count) as pool:
@@ -228,6 +277,10 @@ def start_replicas(tmp_path: Path, tracking_uri: str, count: int = 2) -> list[Se
                 stop_server(server)
             future.result()
     return started
+
+
+def shared_log_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'shared-predictions.db'}"
 
 
 def ready_failures_while_down(urls: list[str], seconds: float) -> list[str]:
@@ -247,6 +300,22 @@ def ready_failures_while_down(urls: list[str], seconds: float) -> list[str]:
     return failures
 
 
+def logged_answers(tmp_path: Path, ids: set[str]) -> dict[str, tuple[str, str]]:
+    """prediction id -> (version, label) in the shared log, once every id in ``ids`` is there."""
+    store = PredictionStore(shared_log_url(tmp_path))
+    try:
+
+        def all_there() -> dict[str, tuple[str, str]] | None:
+            rows = store.recent_predictions(0)
+            logged = {r["prediction_id"]: (r["model_version"], r["label"]) for r in rows}
+            assert len(logged) == len(rows), "a prediction id is in the log twice"
+            return logged if ids <= set(logged) else None
+
+        return wait_until(all_there, SWITCH_DEADLINE_S, 0.5)
+    finally:
+        store.close()
+
+
 def test_two_replicas_follow_promotions_and_ride_out_an_mlflow_outage(
     team: Team, deployment_run: DeploymentRun, tmp_path: Path
 ) -> None:
@@ -255,11 +324,16 @@ def test_two_replicas_follow_promotions_and_ride_out_an_mlflow_outage(
     urls = [replica.url for replica in replicas]
     traffic = Traffic(urls)
     try:
-        assert [served_version(url) for url in urls] == ["1", "1"]
+        first = [served_answer(url) for url in urls]
+        assert [answer and answer[0] for answer in first] == ["1", "1"], first
+        v1_label = str(first[0] and first[0][1])
+        # Two models that answer labels v1 does not give for this image.
+        class_ids = [c for c in (7, 8, 0, 1) if CLASS_NAMES[c] != v1_label][:2]
+        labels = [CLASS_NAMES[c] for c in class_ids]
         traffic.start()
-        # 1. A promotion reaches both replicas.
-        v2 = promote_copy_of_v1(team)
-        switch_s = seconds_until_all_serve(urls, v2, POLL_S + LOAD_ALLOWANCE_S)
+        # 1. A promotion reaches both replicas: their answers come from the new model.
+        v2 = promote_constant_model(team, class_ids[0])
+        switch_s = seconds_until_all_answer(urls, v2, labels[0])
         # 2. The MLflow server goes away: both keep serving and stay ready.
         stop_service(stack, "mlflow")
         outage = (time.monotonic(), time.monotonic() + OUTAGE_S)
@@ -267,20 +341,35 @@ def test_two_replicas_follow_promotions_and_ride_out_an_mlflow_outage(
         start_mlflow(stack)
         wait_mlflow(stack)
         # 3. Back: both notice the next promotion again.
-        v3 = promote_copy_of_v1(team)
-        recover_s = seconds_until_all_serve(urls, v3, RECOVERY_S)
+        v3 = promote_constant_model(team, class_ids[1])
+        recover_s = seconds_until_all_answer(urls, v3, labels[1])
     finally:
         traffic.finish()
         for replica in replicas:
             stop_server(replica)
     assert not_ready == [], f"/ready failed while MLflow was down: {not_ready[:10]}"
     assert traffic.failures == [], f"failed requests: {traffic.failures[:10]}"
-    during = [(url, v) for t, url, v in traffic.answers if outage[0] <= t <= outage[1]]
+    label_of = {"1": v1_label, v2: labels[0], v3: labels[1]}
+    wrong = [(v, label) for _, _, v, label, _ in traffic.answers if label_of.get(v) != label]
+    assert not wrong, f"answers stamped with a version another model computed: {wrong[:5]}"
+    during = [(url, v) for t, url, v, _, _ in traffic.answers if outage[0] <= t <= outage[1]]
     for url in urls:  # each replica answered, with the promoted model, while MLflow was down
         served = {v for u, v in during if u == url}
         assert served == {v2}, f"{url} served {served or 'nothing'} during the outage, not v{v2}"
+    check_the_shared_log(tmp_path, traffic, urls)
     print(
         f"switch to v{v2}: {switch_s:.1f} s, to v{v3} after the outage: {recover_s:.1f} s; "
         f"{len(traffic.answers)} answers, {len(during)} during the {OUTAGE_S:.0f} s outage, "
         f"deployment run {deployment_run.seconds:.0f} s"
     )
+
+
+def check_the_shared_log(tmp_path: Path, traffic: Traffic, urls: list[str]) -> None:
+    """Both replicas wrote into the one sqlite prediction log: every answer they gave is there
+    once, with the version and label it was given."""
+    given = {pid: (v, label) for _, _, v, label, pid in traffic.answers}
+    assert len(given) == len(traffic.answers), "two answers share a prediction id"
+    logged = logged_answers(tmp_path, set(given))
+    assert {pid: logged[pid] for pid in given} == given
+    for url in urls:
+        assert any(u == url for _, u, _, _, _ in traffic.answers), f"{url} answered nothing"
