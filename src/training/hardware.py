@@ -1,7 +1,8 @@
 """Fit training to the machine it runs on: device, precision and batch size, chosen by measurement.
 
-bf16 autocast is ~4x faster than fp32 on a CPU with AVX-512 BF16 and ~12x slower on one without
-(no native kernels), and a batch that fills a GPU starves nothing on a CPU. So ``precision: auto``
+bf16 autocast is much faster than fp32 on a CPU with AVX-512 BF16 and much slower on one without
+(no native kernels; docs/results.md has the figures), and a batch that fills a GPU starves nothing
+on a CPU. So ``precision: auto``
 times a few training steps of the real model in each candidate and keeps the fastest; the
 batch size grows only while doubling it pays. CPUID only says which candidates are worth timing.
 """
