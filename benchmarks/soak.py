@@ -15,7 +15,7 @@ nginx in front of them and Prometheus. Then:
    answered, dropped 0), RSS growth of each replica after the warm-up ``<= 50 MiB``, p50/p99 per
    segment (each segment labelled with what happened in it), the machine named.
 
-    python -m benchmarks.soak                   # 30 minutes, on a quiet machine
+    python -m benchmarks.soak                   # the default length, on a quiet machine
     python -m benchmarks.soak --minutes 2       # the short form: proves it works, measures little
 
 Results: a markdown report on stdout and JSON in ``outputs/benchmarks/soak.json``; exit 1 when a
