@@ -9,12 +9,12 @@ import re
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 from fastapi.testclient import TestClient
 
 from src.serving.app import create_app
 from tests.helpers.api import Registry, api_client_for, make_config, wait_until
+from tests.helpers.edge import broken_version
 
 
 def gauge(client: TestClient, name: str) -> float:
@@ -47,21 +47,6 @@ def test_the_request_id_from_the_proxy_is_logged_and_sent_back(
         made.headers["x-request-id"],
         hostile.headers["x-request-id"],
     ]
-
-
-def broken_version(registry: Registry) -> str:
-    """A version whose ``onnx/model.onnx`` is not an ONNX model (it fails to load)."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    try:
-        experiment = registry.client.get_experiment_by_name("api-tests")
-        assert experiment is not None
-        with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
-            mlflow.log_text("not an ONNX model", "onnx/model.onnx")
-            uri = mlflow.get_artifact_uri("onnx")
-        return registry.add_source(uri, run.info.run_id, "broken")
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def test_the_gauges_show_a_production_version_that_failed_to_load(registry: Registry) -> None:

@@ -20,8 +20,8 @@ import pytest
 
 from deployments import stack as stack_module
 from deployments.stack import Stack
-from tests.api.test_edge_signals import broken_version
 from tests.helpers.api import ModelSources, Registry, encode, sample_images, wait_until
+from tests.helpers.edge import broken_version
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
 
