@@ -686,6 +686,7 @@ def up(
         start_mlflow(stack)
         start_prefect(stack, ui)
         start_proxy(stack, mlflow_front=True)
+        wait_proxy(stack)
         wait_mlflow(stack)
         ensure_experiment(stack)
         wait_prefect(stack)

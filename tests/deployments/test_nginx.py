@@ -45,5 +45,6 @@ def test_a_placeholder_without_a_value_is_an_error() -> None:
 
 
 def test_the_htpasswd_entry_is_salted_sha1() -> None:
-    first, second = edge.htpasswd_line("u", "pw"), edge.htpasswd_line("u", "pw")
-    assert first.startswith("u:{SSHA}") and first != second and "pw" not in first[2:]
+    password = "correct-horse-battery"
+    first, second = edge.htpasswd_line("u", password), edge.htpasswd_line("u", password)
+    assert first.startswith("u:{SSHA}") and first != second and password not in first
