@@ -26,6 +26,7 @@ def rendered(tmp_path: Path, **edge_settings: object) -> tuple[Path, str]:
     return edge.write_nginx(tmp_path, text), text
 
 
+@pytest.mark.integration  # runs Debian's binary (make edge-deps)
 def test_nginx_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     conf, text = rendered(tmp_path, client_header_timeout_s=7)
     result = subprocess.run(

@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 
@@ -36,6 +37,7 @@ def alert_rules() -> list[dict[str, object]]:
     ]
 
 
+@pytest.mark.integration  # runs Debian's binary (make edge-deps)
 def test_the_rendered_scrape_config_and_the_rules_pass_promtool(tmp_path: Path) -> None:
     conf = tmp_path / "prometheus.yml"
     conf.write_text(edge.prometheus_config(load_config(environ={}).edge, [18001, 18002]))
@@ -44,6 +46,7 @@ def test_the_rendered_scrape_config_and_the_rules_pass_promtool(tmp_path: Path) 
     assert f"{len(alert_rules())} rules found" in promtool("check", "rules", str(RULES))
 
 
+@pytest.mark.integration  # runs Debian's binary (make edge-deps)
 def test_the_alert_unit_tests_pass() -> None:
     assert "SUCCESS" in promtool("test", "rules", str(RULE_TESTS))
 
