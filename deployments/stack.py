@@ -562,7 +562,9 @@ def _http_status(url: str) -> int:
 def replica_env(stack: Stack, index: int) -> dict[str, str]:
     """A replica gets the registry and its prediction log, no other credential of the stack."""
     inherited = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SERVE_", "MLFLOW_", "AWS_"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SERVE_", "MLFLOW_", "AWS_", "PREFECT_API_AUTH"))
     }
     env = {**inherited, **QUIET_ENV, "MLFLOW_TRACKING_URI": stack.api_tracking_uri}
     if stack.api_tracking_uri == stack.mlflow_url:
