@@ -112,7 +112,15 @@ def nginx_config(
         "max_image_body": serve.max_image_bytes + MULTIPART_OVERHEAD,
         "max_batch_body": serve.max_batch_bytes,
         "mlflow_server": mlflow_server_block(mlflow, prefix) if mlflow else "",
-        **edge.model_dump(),
+        "client_header_timeout_s": edge.client_header_timeout_s,
+        "client_body_timeout_s": edge.client_body_timeout_s,
+        "send_timeout_s": edge.send_timeout_s,
+        "keepalive_timeout_s": edge.keepalive_timeout_s,
+        "header_line_bytes": edge.header_line_bytes,
+        "max_connections_per_client": edge.max_connections_per_client,
+        "requests_per_second_per_client": edge.requests_per_second_per_client,
+        "request_burst": edge.request_burst,
+        "upstream_read_timeout_s": edge.upstream_read_timeout_s,
     }
     return render(NGINX_TEMPLATE.read_text(), values)
 
