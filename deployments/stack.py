@@ -151,6 +151,10 @@ class Stack:
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
             "MLFLOW_TRACKING_PASSWORD": self.mlflow_password,
+            # Artefacts stream through the server, which holds the S3 keys: no presigned S3 URL
+            # goes to clients (moto's IAM checks do not cover presigned requests).
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+            "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
         }
 
     @property
