@@ -118,7 +118,7 @@ def log_standin(url: str) -> tuple[str, str]:
     mlflow.set_tracking_uri(url)
     experiment = mlflow.create_experiment("soak")
     with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.log_params({"model_preset": cfg.model_preset, "flip_tta": cfg.flip_tta})
+        mlflow.log_params({"flip_tta": cfg.flip_tta})
         info = log_classifier(model, metadata={"flip_tta": cfg.flip_tta})
         log_onnx(MlflowClient(tracking_uri=url), run.info.run_id, model)
     return mlflow.get_logged_model(info.model_id).artifact_location, run.info.run_id
