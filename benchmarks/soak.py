@@ -121,7 +121,7 @@ def log_standin(url: str) -> tuple[str, str]:
         mlflow.log_params({"flip_tta": cfg.flip_tta})
         info = log_classifier(model, metadata={"flip_tta": cfg.flip_tta})
         log_onnx(MlflowClient(tracking_uri=url), run.info.run_id, model)
-    return mlflow.get_logged_model(info.model_id).artifact_location, run.info.run_id
+    return info.model_uri, run.info.run_id
 
 
 def promote_new_version(url: str, source: str, run_id: str) -> str:
@@ -217,6 +217,9 @@ def counters(url: str) -> dict[str, float]:
     }
     depth = re.search(r"^prediction_log_queue_depth (\S+)$", text, re.M)
     found["queue"] = float(depth.group(1)) if depth else 0.0
+    # Images the replica classified and answered (a client that stops mid-request still got one).
+    answers = re.findall(r"^predictions_total\{[^}]*\} (\S+)$", text, re.M)
+    found["answered"] = sum(float(value) for value in answers)
     return found
 
 
@@ -226,7 +229,7 @@ def log_totals(stack: Stack) -> dict[str, float]:
     while True:
         each = [counters(url) for url in stack.api_urls]
         if all(c["queue"] == 0 for c in each) or time.monotonic() > deadline:
-            return {k: sum(c.get(k, 0.0) for c in each) for k in ("written", "dropped")}
+            return {k: sum(c.get(k, 0.0) for c in each) for k in ("written", "dropped", "answered")}
         time.sleep(0.5)
 
 
@@ -372,7 +375,9 @@ def summary(report: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"5xx / socket errors: {report['server_errors'] or 'none'}. Prediction log: "
-        f"{log['answered']} answered, {log['written']:.0f} written, {log['dropped']:.0f} dropped.",
+        f"{log['answered']:.0f} answered by the replicas ({log['answered_seen_by_clients']} "
+        f"seen by wrk, which drops its last requests in flight), {log['written']:.0f} written, "
+        f"{log['dropped']:.0f} dropped.",
         "RSS growth after the warm-up per replica: "
         + ", ".join(f"{g:.1f} MiB" for g in report["rss_growth_after_warmup_mib"])
         + f" (limit {RSS_LIMIT_MIB:.0f}).",
@@ -434,7 +439,8 @@ def run_plan(args: argparse.Namespace, plan: Plan, ctx: SoakContext) -> dict[str
         "segments": [asdict(seg) for seg in segments],
         "server_errors": server_errors(segments),
         "prediction_log": {
-            "answered": answered_images(segments),
+            "answered": after["answered"] - before["answered"],
+            "answered_seen_by_clients": answered_images(segments),
             "written": after["written"] - before["written"],
             "dropped": after["dropped"] - before["dropped"],
         },
