@@ -16,7 +16,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= true
 
-.PHONY: help install train data evaluate serve test lint typecheck unit browser-deps postgres-deps benchmarks mlflow-ui prefect-server stack stack-down clean
+.PHONY: help install train data evaluate serve test lint typecheck unit browser-deps postgres-deps edge-deps benchmarks soak mlflow-ui prefect-server stack stack-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
@@ -59,7 +59,7 @@ browser-deps: ## install Debian's Chromium for the browser test, if missing
 unit: install ## the fast tests only (no real servers, no real data)
 	$(BIN)/pytest -m "not integration and not services"
 
-test: install lint typecheck browser-deps postgres-deps ## what CI runs: lint, types, all tests
+test: install lint typecheck browser-deps postgres-deps edge-deps ## what CI runs: lint, types, all tests
 	$(BIN)/pytest
 
 # Debian's PostgreSQL for the services test and `make stack`. Those run their own server in a
@@ -72,6 +72,18 @@ postgres-deps: ## install Debian's PostgreSQL for the services test and make sta
 		echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/no-main-cluster.conf && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
+# Debian's nginx (the reverse proxy), prometheus + promtool (scraping, alert rules and their unit
+# tests) and wrk (the soak's load generator) for the services tests, `make test` and `make stack`.
+# The packages' own services are not started (policy-rc.d answers 101 while they install).
+EDGE_BINS := /usr/sbin/nginx /usr/bin/prometheus /usr/bin/promtool /usr/bin/wrk
+edge-deps: ## install Debian's nginx, prometheus (promtool) and wrk, if missing
+	@for bin in $(EDGE_BINS); do test -x $$bin || missing=1; done; test -z "$$missing" || ( \
+		created=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created=1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			nginx prometheus wrk >/dev/null; status=$$?; \
+		test -z "$$created" || rm -f /usr/sbin/policy-rc.d; exit $$status)
+
 benchmarks: install ## run every benchmark (minutes; on a quiet machine)
 	$(PY) -m benchmarks.run_all
 
@@ -82,11 +94,14 @@ prefect-server: install ## a Prefect server with UI on http://127.0.0.1:4200
 	$(BIN)/prefect server start --host 127.0.0.1
 
 # The same services the services test starts (deployments/stack.py), state and logs in .stack/.
-stack: install postgres-deps ## the team setup here: PostgreSQL, S3 (moto), MLflow + Prefect servers, a worker
+stack: install postgres-deps edge-deps ## the team setup here: PostgreSQL, S3, MLflow, Prefect, worker, API replicas, nginx, Prometheus
 	$(PY) -m deployments.stack up --dir .stack
 
 stack-down: ## stop what make stack started
 	$(PY) -m deployments.stack down --dir .stack
+
+soak: install edge-deps ## the soak through the proxy (SOAK_ARGS="--minutes 2"; default 30 minutes, quiet machine)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 clean: ## remove outputs and tool caches
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

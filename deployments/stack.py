@@ -1,5 +1,6 @@
-"""The team setup on one machine: PostgreSQL, an S3-compatible store, MLflow and Prefect servers
-and a Prefect process worker, each on 127.0.0.1 at a free port, all state in one folder.
+"""The team setup on one machine: PostgreSQL, an S3-compatible store, MLflow and Prefect servers,
+a Prefect process worker, API replicas behind an nginx reverse proxy and a Prometheus server, each
+on 127.0.0.1 at a free port, all state in one folder.
 
     python -m deployments.stack up [--dir .stack]    # start; prints URLs and the env to source
     python -m deployments.stack down [--dir .stack]  # stop what `up` started, remove its data
@@ -12,12 +13,19 @@ The services test (``tests/services``) starts and stops the stack through the sa
 - ``mlflow server``: Postgres backend store, ``--artifacts-destination s3://...``,
   ``--serve-artifacts`` (clients need only the URL, no S3 credentials).
 - ``prefect server start`` on Postgres (asyncpg) and ``prefect worker start`` (process pool).
+- The edge (:mod:`deployments.edge`): ``edge.replicas`` API replicas following MLflow's
+  Production, nginx in front of them (and in front of MLflow), Prometheus scraping them.
+
+Every service asks for credentials: S3 checks the keys (moto's IAM, a user created at start),
+MLflow sits behind nginx's basic auth, Prefect's server wants its basic-auth string.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import fnmatch
 import json
 import os
 import secrets
@@ -28,11 +36,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from deployments import edge as edge_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,7 +56,12 @@ DVC_PREFIX = "clothing-classifier"
 DVC_REMOTE_NAME = "s3"
 STATE_FILE = "stack.json"
 ENV_FILE = "env.sh"
-SECRET_KEYS = ("AWS_SECRET_ACCESS_KEY",)
+SECRET_KEYS = ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
+MLFLOW_USER = "stack"
+PREFECT_USER = "stack"
+S3_USER = "stack"
+# moto checks no credentials for this many requests: the three that create the stack's S3 user.
+S3_BOOTSTRAP_ACTIONS = 3
 # Never phone home.
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -53,9 +69,9 @@ QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1",
 }
-# Stop order: the worker first (no flow run starts while the rest goes), then the servers at once,
-# PostgreSQL last.
-STOP_ORDER = (("worker",), ("prefect", "mlflow", "s3"))
+# Stop order: the worker and the proxy first (no flow run or request starts while the rest goes),
+# then the replicas and Prometheus, then the servers at once, PostgreSQL last.
+STOP_ORDER = (("worker", "proxy"), ("prometheus", "api-*"), ("prefect", "mlflow", "s3"))
 
 
 class StackError(RuntimeError):
@@ -82,6 +98,14 @@ class Stack:
     experiment_name: str
     aws_key_id: str
     aws_secret: str
+    mlflow_internal_port: int
+    mlflow_password: str
+    prefect_password: str
+    proxy_port: int
+    prometheus_port: int
+    api_ports: list[int]
+    api_tracking_uri: str = ""
+    api_store_urls: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -95,6 +119,43 @@ class Stack:
     @property
     def s3_url(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    @property
+    def api_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.api_ports]
+
+    @property
+    def edge_dir(self) -> Path:
+        return self.root / "edge"
+
+    @property
+    def prefect_auth_string(self) -> str:
+        return f"{PREFECT_USER}:{self.prefect_password}"
+
+    def prefect_headers(self) -> dict[str, str]:
+        """What a client of the Prefect API sends (Prefect's basic-auth string)."""
+        token = base64.b64encode(self.prefect_auth_string.encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def mlflow_env(self) -> dict[str, str]:
+        """What an MLflow client (a flow run, an API replica) needs: the URL and credentials."""
+        return {
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
+            "MLFLOW_TRACKING_PASSWORD": self.mlflow_password,
+            # Artefacts stream through the server, which holds the S3 keys: no presigned S3 URL
+            # goes to clients (moto's IAM checks do not cover presigned requests).
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+            "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
+        }
 
     @property
     def passfile(self) -> Path:
@@ -118,8 +179,9 @@ class Stack:
     def client_env(self) -> dict[str, str]:
         """What a training machine, a worker or a person's shell sets to use the stack."""
         return {
-            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            **self.mlflow_env(),
             "PREFECT_API_URL": self.prefect_api_url,
+            "PREFECT_API_AUTH_STRING": self.prefect_auth_string,
             "DATA_DVC_REMOTE_NAME": DVC_REMOTE_NAME,
             "DATA_DVC_REMOTE_URL": self.dvc_remote_url,
             "DATA_DVC_REMOTE_ENDPOINT_URL": self.s3_url,
@@ -214,7 +276,9 @@ def _stop_groups(pids: list[int], timeout: float = 15.0) -> None:
 
 
 def stop_services(stack: Stack, *names: str) -> None:
-    pids = [stack.pids.pop(name) for name in names if name in stack.pids]
+    """Stop the named services together (``api-*`` names every replica)."""
+    matched = [name for name in list(stack.pids) if any(fnmatch.fnmatch(name, n) for n in names)]
+    pids = [stack.pids.pop(name) for name in matched]
     if pids:
         _stop_groups(pids)
         stack.save()
@@ -291,7 +355,7 @@ def start_postgres(stack: Stack, password: str) -> None:
     pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options]
     _pg_run(_as_pg_user([*pg_ctl, "-w", "-t", "60", "start"]))
     env = {**os.environ, "PGPASSFILE": str(stack.passfile)}
-    for database in ("mlflow", "prefect"):
+    for database in ("mlflow", "prefect", "predictions"):
         create = [str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(stack.pg_port)]
         _pg_run([*create, "-U", PG_USER, database], env=env)
 
@@ -318,12 +382,38 @@ def psql(stack: Stack, database: str, query: str) -> list[tuple[str, ...]]:
 
 
 def start_s3(stack: Stack) -> None:
+    """moto's server, checking signatures and IAM policies after the bootstrap requests."""
     argv = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(stack.s3_port)]
-    _spawn(stack, "s3", argv, stack.server_env())
+    env = {**stack.server_env(), "INITIAL_NO_AUTH_ACTION_COUNT": str(S3_BOOTSTRAP_ACTIONS)}
+    _spawn(stack, "s3", argv, env)
+
+
+def create_s3_user(stack: Stack) -> None:
+    """The stack's S3 user (allowed everything) and its keys, which every client then uses;
+    moto refuses any other key from here on."""
+    import boto3
+
+    _wait(stack, "s3", lambda: _http_ok(f"{stack.s3_url}/moto-api/"), 60)
+    iam = boto3.client(
+        "iam",
+        endpoint_url=stack.s3_url,
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+        region_name="us-east-1",
+    )
+    iam.create_user(UserName=S3_USER)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+    }
+    iam.put_user_policy(UserName=S3_USER, PolicyName="stack", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=S3_USER)["AccessKey"]
+    stack.aws_key_id, stack.aws_secret = key["AccessKeyId"], key["SecretAccessKey"]
+    stack.save()
 
 
 def create_buckets(stack: Stack) -> None:
-    _wait(stack, "s3", lambda: _http_ok(f"{stack.s3_url}/moto-api/"), 60)
+    create_s3_user(stack)
     client = stack.s3_client()
     for bucket in (MLFLOW_BUCKET, DVC_BUCKET):
         client.create_bucket(Bucket=bucket)
@@ -338,7 +428,8 @@ def start_mlflow(stack: Stack) -> None:
         stack.pg_url("mlflow", "postgresql+psycopg2"),
     ]
     argv += ["--artifacts-destination", f"s3://{MLFLOW_BUCKET}/", "--serve-artifacts"]
-    argv += ["--host", "127.0.0.1", "--port", str(stack.mlflow_port), "--workers", "1"]
+    # Behind the proxy's credential check: clients use stack.mlflow_url (the proxy's port).
+    argv += ["--host", "127.0.0.1", "--port", str(stack.mlflow_internal_port), "--workers", "1"]
     _spawn(stack, "mlflow", argv, stack.server_env())
 
 
@@ -348,11 +439,18 @@ def wait_mlflow(stack: Stack, timeout: float = 120) -> None:
 
 def ensure_experiment(stack: Stack) -> None:
     """Create the experiment on the server, so runs store artefacts through its proxy (S3)."""
-    from mlflow.tracking import MlflowClient
+    import httpx
 
-    client = MlflowClient(tracking_uri=stack.mlflow_url)
-    if client.get_experiment_by_name(stack.experiment_name) is None:
-        client.create_experiment(stack.experiment_name)
+    auth = (MLFLOW_USER, stack.mlflow_password)
+    api = f"{stack.mlflow_url}/api/2.0/mlflow/experiments"
+    found = httpx.get(
+        f"{api}/get-by-name", params={"experiment_name": stack.experiment_name}, auth=auth
+    )
+    if found.status_code == 200:
+        return
+    created = httpx.post(f"{api}/create", json={"name": stack.experiment_name}, auth=auth)
+    if created.status_code != 200:
+        raise StackError(f"creating experiment {stack.experiment_name!r} failed: {created.text}")
 
 
 def start_prefect(stack: Stack, ui: bool) -> None:
@@ -364,6 +462,9 @@ def start_prefect(stack: Stack, ui: bool) -> None:
         "PREFECT_API_URL": stack.prefect_api_url,
         "PREFECT_API_DATABASE_CONNECTION_URL": stack.pg_url("prefect", "postgresql+asyncpg"),
         "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
+        # Every API call but the health probe needs this (the server's own services use it too).
+        "PREFECT_SERVER_API_AUTH_STRING": stack.prefect_auth_string,
+        "PREFECT_API_AUTH_STRING": stack.prefect_auth_string,
     }
     argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1"]
     _spawn(stack, "prefect", [*argv, "--port", str(stack.prefect_port)], env)
@@ -374,7 +475,12 @@ def wait_prefect(stack: Stack, timeout: float = 180) -> None:
     import httpx
 
     pool = {"name": stack.work_pool, "type": "process"}
-    response = httpx.post(f"{stack.prefect_api_url}/work_pools/", json=pool, timeout=30)
+    response = httpx.post(
+        f"{stack.prefect_api_url}/work_pools/",
+        json=pool,
+        headers=stack.prefect_headers(),
+        timeout=30,
+    )
     if response.status_code not in (201, 409):  # 409: it exists already
         raise StackError(f"creating work pool {stack.work_pool!r} failed: {response.text}")
 
@@ -399,63 +505,227 @@ def wait_worker(stack: Stack, timeout: float = 120) -> None:
     url = f"{stack.prefect_api_url}/work_pools/{stack.work_pool}/workers/filter"
 
     def online() -> bool:
-        workers = httpx.post(url, json={}, timeout=10).json()
+        workers = httpx.post(url, json={}, headers=stack.prefect_headers(), timeout=10).json()
         return any(worker.get("status") == "ONLINE" for worker in workers)
 
     _wait(stack, "worker", online, timeout)
 
 
+# --- the edge: API replicas, nginx in front, Prometheus -------------------------------------
+
+
+def _edge_config(settings: dict[str, Any] | None = None) -> Any:
+    sys.path.insert(0, str(REPO_ROOT))
+    from src.config import load_config
+
+    return load_config(overrides={"edge": settings} if settings else None)
+
+
+def start_proxy(
+    stack: Stack, *, mlflow_front: bool, settings: dict[str, Any] | None = None
+) -> None:
+    """nginx: the public API port in front of the replicas (and MLflow's credential check)."""
+    cfg = _edge_config(settings)
+    prefix = stack.edge_dir / "nginx"
+    prefix.mkdir(parents=True, exist_ok=True)
+    front = None
+    if mlflow_front:
+        htpasswd = prefix / "mlflow.htpasswd"
+        htpasswd.write_text(edge_files.htpasswd_line(MLFLOW_USER, stack.mlflow_password))
+        htpasswd.chmod(0o600)
+        front = edge_files.MlflowFront(stack.mlflow_port, stack.mlflow_internal_port, htpasswd)
+    text = edge_files.nginx_config(
+        cfg.edge,
+        cfg.serve,
+        prefix=prefix,
+        public_port=stack.proxy_port,
+        api_ports=stack.api_ports,
+        mlflow=front,
+    )
+    conf = edge_files.write_nginx(prefix, text)
+    check = subprocess.run(
+        [*edge_files.nginx_argv(conf, prefix), "-t", "-q"], capture_output=True, text=True
+    )
+    if check.returncode != 0:
+        raise StackError(f"nginx refuses {conf}: {check.stderr.strip()}")
+    _spawn(stack, "proxy", edge_files.nginx_argv(conf, prefix), {**os.environ})
+
+
+def wait_proxy(stack: Stack, timeout: float = 30) -> None:
+    _wait(stack, "proxy", lambda: _http_status(f"{stack.proxy_url}/health") > 0, timeout)
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def replica_env(stack: Stack, index: int) -> dict[str, str]:
+    """A replica gets the registry and its prediction log, no other credential of the stack."""
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SERVE_", "MLFLOW_", "AWS_", "PREFECT_API_AUTH"))
+    }
+    env = {**inherited, **QUIET_ENV, "MLFLOW_TRACKING_URI": stack.api_tracking_uri}
+    if stack.api_tracking_uri == stack.mlflow_url:
+        env |= stack.mlflow_env()
+    env |= {
+        "PGPASSFILE": str(stack.passfile),
+        "MONITOR_STORE_URL": stack.api_store_urls[index],
+        "PROFILE": "",
+    }
+    return env
+
+
+def start_replica(stack: Stack, index: int, extra_env: dict[str, str] | None = None) -> None:
+    port = stack.api_ports[index]
+    argv = [str(BIN / "clothing-classifier"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    _spawn(stack, f"api-{index + 1}", argv, {**replica_env(stack, index), **(extra_env or {})})
+
+
+def wait_replica(stack: Stack, index: int, timeout: float = 120) -> None:
+    url = f"{stack.api_urls[index]}/health"
+    _wait(stack, f"api-{index + 1}", lambda: _http_ok(url), timeout)
+
+
+def start_prometheus(stack: Stack, settings: dict[str, Any] | None = None) -> None:
+    cfg = _edge_config(settings)
+    folder = stack.edge_dir / "prometheus"
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "prometheus.yml"
+    conf.write_text(edge_files.prometheus_config(cfg.edge, stack.api_ports))
+    argv = edge_files.prometheus_argv(conf, folder / "data", stack.prometheus_port, cfg.edge)
+    _spawn(stack, "prometheus", argv, {**os.environ})
+
+
+def wait_prometheus(stack: Stack, timeout: float = 60) -> None:
+    _wait(stack, "prometheus", lambda: _http_ok(f"{stack.prometheus_url}/-/ready"), timeout)
+
+
+def start_edge(
+    stack: Stack,
+    tracking_uri: str,
+    store_urls: list[str],
+    *,
+    settings: dict[str, Any] | None = None,
+    replica_env: dict[str, str] | None = None,
+) -> None:
+    """The replicas (following ``tracking_uri``), then Prometheus, then wait for all of them
+    and the proxy (started before, as it also fronts MLflow)."""
+    stack.api_tracking_uri, stack.api_store_urls = tracking_uri, store_urls
+    for index in range(len(stack.api_ports)):
+        start_replica(stack, index, replica_env)
+    start_prometheus(stack, settings)
+    for index in range(len(stack.api_ports)):
+        wait_replica(stack, index)
+    wait_proxy(stack)
+    wait_prometheus(stack)
+
+
 # --- the whole stack --------------------------------------------------------------------------
 
 
-def _new_stack(root: Path) -> Stack:
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (the sockets are held until all are chosen)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def _new_stack(root: Path, replicas: int | None = None) -> Stack:
     sys.path.insert(0, str(REPO_ROOT))
     from src.config import load_config
 
     cfg = load_config()
     root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o700)  # the password file and the dummy keys live here
+    root.chmod(0o700)  # the password file and the keys live here
+    replicas = cfg.edge.replicas if replicas is None else replicas
+    pg, s3, mlflow, mlflow_internal, prefect, proxy, prometheus, *api = free_ports(7 + replicas)
     return Stack(
         root=root.resolve(),
         pg_dir=Path(tempfile.mkdtemp(prefix="stack-pg-")),
-        pg_port=free_port(),
-        s3_port=free_port(),
-        mlflow_port=free_port(),
-        prefect_port=free_port(),
+        pg_port=pg,
+        s3_port=s3,
+        mlflow_port=mlflow,
+        prefect_port=prefect,
         work_pool=cfg.flow.work_pool,
         experiment_name=cfg.mlflow.experiment_name,
-        aws_key_id="stack-" + secrets.token_hex(4),
-        aws_secret=secrets.token_urlsafe(24),
+        aws_key_id="",  # created by create_s3_user
+        aws_secret="",
+        mlflow_internal_port=mlflow_internal,
+        mlflow_password=secrets.token_urlsafe(24),
+        prefect_password=secrets.token_urlsafe(24),
+        proxy_port=proxy,
+        prometheus_port=prometheus,
+        api_ports=api,
     )
+
+
+def _claim(root: Path, replicas: int | None = None) -> Stack:
+    if (root / STATE_FILE).is_file():
+        raise StackError(f"{root} holds a stack already; stop it first (`make stack-down`).")
+    stack = _new_stack(root, replicas)
+    stack.save()
+    return stack
 
 
 def up(
     root: Path, *, ui: bool = True, worker_env: dict[str, str] | None = None, worker: bool = True
 ) -> Stack:
     """Start every service (stopping what started if one fails) and return where they listen."""
-    if (root / STATE_FILE).is_file():
-        raise StackError(f"{root} holds a stack already; stop it first (`make stack-down`).")
-    stack = _new_stack(root)
+    stack = _claim(root)
     password = secrets.token_urlsafe(24)
     stack.passfile.write_text(f"127.0.0.1:{stack.pg_port}:*:{PG_USER}:{password}\n")
     stack.passfile.chmod(0o600)
-    stack.save()
     try:
         start_s3(stack)  # in the background while PostgreSQL initialises
         start_postgres(stack, password)
+        create_buckets(stack)  # the S3 user's keys first: MLflow's server needs them
         start_mlflow(stack)
         start_prefect(stack, ui)
-        create_buckets(stack)
+        start_proxy(stack, mlflow_front=True)
+        wait_proxy(stack)
         wait_mlflow(stack)
         ensure_experiment(stack)
         wait_prefect(stack)
         if worker:
             start_worker(stack, worker_env)
             wait_worker(stack)
+        predictions = stack.pg_url("predictions", "postgresql+psycopg2")
+        start_edge(stack, stack.mlflow_url, [predictions] * len(stack.api_ports))
     except BaseException:
         down(stack)
         raise
     write_env_file(stack)
+    return stack
+
+
+def up_edge(
+    root: Path,
+    tracking_uri: str,
+    *,
+    replicas: int = 2,
+    settings: dict[str, Any] | None = None,
+    replica_env: dict[str, str] | None = None,
+) -> Stack:
+    """Only the edge (replicas, proxy, Prometheus) on another registry, e.g. a sqlite file; each
+    replica keeps its prediction log in a sqlite file of its own in ``root``."""
+    stack = _claim(root, replicas)
+    try:
+        start_proxy(stack, mlflow_front=False, settings=settings)
+        stores = [f"sqlite:///{stack.root}/predictions-{i + 1}.db" for i in range(replicas)]
+        start_edge(stack, tracking_uri, stores, settings=settings, replica_env=replica_env)
+    except BaseException:
+        down(stack)
+        raise
     return stack
 
 
@@ -472,7 +742,9 @@ def down(stack: Stack) -> None:
     except Exception as exc:
         errors.append(f"postgres: {exc}")
     shutil.rmtree(stack.pg_dir, ignore_errors=True)
-    for secret_file in (stack.passfile, stack.root / ENV_FILE, stack.root / STATE_FILE):
+    shutil.rmtree(stack.edge_dir / "prometheus" / "data", ignore_errors=True)
+    htpasswd = stack.edge_dir / "nginx" / "mlflow.htpasswd"
+    for secret_file in (stack.passfile, htpasswd, stack.root / ENV_FILE, stack.root / STATE_FILE):
         secret_file.unlink(missing_ok=True)
     if errors:
         raise StackError("stopping the stack failed: " + "; ".join(errors))
@@ -482,6 +754,16 @@ def down(stack: Stack) -> None:
 def running(root: Path, **kwargs: Any) -> Iterator[Stack]:
     """The stack for the duration of a ``with`` block; stopped on the way out, also on errors."""
     stack = up(root, **kwargs)
+    try:
+        yield stack
+    finally:
+        down(stack)
+
+
+@contextlib.contextmanager
+def running_edge(root: Path, tracking_uri: str, **kwargs: Any) -> Iterator[Stack]:
+    """:func:`up_edge` for the duration of a ``with`` block, stopped also on errors."""
+    stack = up_edge(root, tracking_uri, **kwargs)
     try:
         yield stack
     finally:
@@ -507,9 +789,15 @@ def describe(stack: Stack) -> str:
             "The stack is up (127.0.0.1):",
             f"  PostgreSQL  port {stack.pg_port}   {psql_line} -d mlflow",
             f"  S3 (moto)   {stack.s3_url}   buckets {MLFLOW_BUCKET}, {DVC_BUCKET}",
-            f"  MLflow      {stack.mlflow_url}",
+            f"  MLflow      {stack.mlflow_url}   (user {MLFLOW_USER}, password in env.sh)",
             f"  Prefect     {stack.prefect_api_url.removesuffix('/api')}   "
-            f"(worker on pool {stack.work_pool!r})",
+            f"(worker on pool {stack.work_pool!r}; PREFECT_API_AUTH_STRING in env.sh)",
+            f"  API         {stack.proxy_url}   (nginx in front of the replicas; the public port)",
+            *(
+                f"  replica {i + 1}   {url}   (/metrics here)"
+                for i, url in enumerate(stack.api_urls)
+            ),
+            f"  Prometheus  {stack.prometheus_url}   (alerts: {stack.prometheus_url}/alerts)",
             f"  logs        {stack.root}/*.log",
             "Environment for clients (secrets are in the file, not shown here):",
             *(f"  export {key}={value}" for key, value in shown.items()),
@@ -517,7 +805,7 @@ def describe(stack: Stack) -> str:
             "Then, from the repository root:",
             "  prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all",
             '  prefect deployment run train-flow/weekly --param params=\'{"profile": "smoke"}\'',
-            "  make serve            # the API follows the MLflow server's Production model",
+            f"  curl -F file=@shirt.png {stack.proxy_url}/predict   # once a model is Production",
             "Stop everything:  make stack-down",
         ]
     )
@@ -539,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         down(Stack.load(root))
         print(f"Stopped the stack in {root}.")
         return 0
-    except StackError as exc:
+    except (StackError, edge_files.EdgeError) as exc:
         print(f"stack {args.action}: {exc}", file=sys.stderr)
         return 1
 

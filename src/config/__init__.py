@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from src.config.data import DataConfig
+from src.config.edge import EdgeConfig
 from src.config.flow import FlowConfig
 from src.config.gate import GateConfig
 from src.config.monitor import MonitorConfig
@@ -33,6 +34,7 @@ __all__ = [
     "AppConfig",
     "ConfigError",
     "DataConfig",
+    "EdgeConfig",
     "FlowConfig",
     "GateConfig",
     "MlflowConfig",

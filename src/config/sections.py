@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from src.config.data import DataConfig
+from src.config.edge import EdgeConfig
 from src.config.flow import FlowConfig
 from src.config.gate import GateConfig
 from src.config.monitor import MonitorConfig
@@ -93,6 +94,7 @@ class AppConfig(BaseModel):
     flow: FlowConfig
     serve: ServeConfig
     monitor: MonitorConfig
+    edge: EdgeConfig
 
     @property
     def tracking_uri(self) -> str:

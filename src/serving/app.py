@@ -28,6 +28,7 @@ from src.serving.observability import (
     LOGGER_NAME,
     ObservabilityMiddleware,
     ServingMetrics,
+    StoreGauges,
     configure_logging,
 )
 from src.serving.routes import STATIC_DIR, prediction_router, router
@@ -50,6 +51,19 @@ def body_limits(serve: ServeConfig) -> TransportLimits:
         max_header_bytes=serve.max_header_bytes,
         body_timeout_s=serve.body_timeout_s,
     )
+
+
+def store_gauges(store: ModelStore) -> StoreGauges:
+    """For the alerts: which version the registry names and whether it failed to load."""
+    status, current = store.status, store.current
+    try:
+        production = float(status.production_version or -1)
+    except ValueError:
+        production = -1.0
+    failure = status.failure
+    failed = failure is not None and (current is None or failure.version != current.version)
+    registered = current.registered_at if current is not None else None
+    return StoreGauges(production, failed, registered or 0.0)
 
 
 def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
@@ -75,6 +89,7 @@ def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
         on_check_error=lambda _message: metrics.registry_errors.inc(),
     )
     metrics.watch_reloads(store)
+    metrics.watch_store(lambda: store_gauges(store))
     slots = serve.inference_concurrency or os.cpu_count() or 1
     return ServingContext(
         cfg=cfg,

@@ -57,6 +57,7 @@ class LoadedModel:
     loaded_at: datetime
     load_seconds: float
     flip_tta: bool | None = None
+    registered_at: float | None = None  # Unix time the version was registered
 
     @property
     def class_names(self) -> list[str]:
@@ -237,6 +238,7 @@ class ModelStore:
             loaded_at=datetime.now(UTC),
             load_seconds=time.perf_counter() - started,
             flip_tta=_truthy(flip_tta),
+            registered_at=ref.created_at,
         )
 
     def _mlmodel_metadata(self, reader: RegistryReader, ref: VersionRef) -> dict[str, Any]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,9 +22,14 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOGGER_NAME = "clothing_classifier.serving"
+REQUEST_ID_HEADER = b"x-request-id"
+# A request id from the proxy or client is kept only when it is short and plain (it goes into
+# every log line); otherwise the API makes its own.
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 LATENCY_BUCKETS = (
     0.001,
     0.0025,
@@ -120,6 +129,9 @@ class ServingMetrics:
         self.reload_running.set_function(store.check_running_s)
         self.reload_stuck.set_function(lambda: float(store.stuck_reload() is not None))
         store.on_stuck = lambda _message: self.reload_timeouts.inc()
+    def watch_store(self, status: Callable[[], StoreGauges]) -> None:
+        """Export what the model store knows about the registry at every scrape."""
+        self.registry.register(_StoreCollector(status))
 
     def model_swapped(
         self, old_name: str | None, old_version: str | None, name: str, version: str
@@ -135,6 +147,46 @@ class ServingMetrics:
         self.model_ready.set(1)
         self.model_loaded_timestamp.set(time.time())
         self.model_reloads.inc()
+
+
+@dataclass(frozen=True)
+class StoreGauges:
+    """The store's view of the registry, as numbers."""
+
+    production: float  # the Production version; -1: none or not read yet
+    load_failed: bool  # Production failed to load (an older version, or none, is served)
+    registered_at: float  # Unix time the served version was registered; 0: unknown
+
+
+class _StoreCollector:
+    def __init__(self, status: Callable[[], StoreGauges]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = self.status()
+        yield GaugeMetricFamily(
+            "model_production_version",
+            "The registry's Production version at the last check (-1: none or not read yet).",
+            value=gauges.production,
+        )
+        yield GaugeMetricFamily(
+            "model_load_failed",
+            "1 while the registry's Production version failed to load (an older one is served).",
+            value=1.0 if gauges.load_failed else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "model_registered_timestamp_seconds",
+            "Unix time the served version was registered (0: none served or unknown).",
+            value=gauges.registered_at,
+        )
+
+
+def request_id(scope: Scope) -> str:
+    """The request's id: the proxy's ``X-Request-ID`` when it is sane, else a new one."""
+    for name, value in scope.get("headers", []):
+        if name == REQUEST_ID_HEADER and _SAFE_REQUEST_ID.fullmatch(value):
+            return value.decode("ascii")
+    return uuid.uuid4().hex
 
 
 class JsonFormatter(logging.Formatter):
@@ -210,11 +262,14 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         status = 500
         response_bytes = 0
+        rid = request_id(scope)
 
         async def observed_send(message: Message) -> None:
             nonlocal status, response_bytes
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                headers = [h for h in message.get("headers", []) if h[0] != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, rid.encode())]}
             elif message["type"] == "http.response.body":
                 response_bytes += len(message.get("body", b""))
             await send(message)
@@ -241,6 +296,7 @@ class ObservabilityMiddleware:
                 "duration_ms": round(elapsed * 1000, 2),
                 "response_bytes": response_bytes,
                 "client": f"{client[0]}:{client[1]}" if client else None,
+                "request_id": rid,
             }
             for key in ("model_version", "images", "error"):
                 if key in state:

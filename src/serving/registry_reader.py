@@ -87,6 +87,7 @@ class VersionRef:
     source: str
     storage_location: str
     tags: dict[str, str] = field(default_factory=dict)
+    created_at: float | None = None  # Unix time the version was registered
 
 
 @dataclass(frozen=True)
@@ -225,18 +226,19 @@ class SqliteRegistry:
 
     def production(self, name: str) -> VersionRef | None:
         rows = self._query(
-            "SELECT v.version, v.run_id, v.source, v.storage_location FROM model_versions v "
+            "SELECT v.version, v.run_id, v.source, v.storage_location, v.creation_time "
+            "FROM model_versions v "
             "JOIN registered_model_aliases a ON a.name = v.name AND a.version = v.version "
             "WHERE v.name = ? AND a.alias = ?",
             (name, PRODUCTION_ALIAS),
         ) or self._query(
-            "SELECT version, run_id, source, storage_location FROM model_versions "
+            "SELECT version, run_id, source, storage_location, creation_time FROM model_versions "
             "WHERE name = ? AND current_stage = ? ORDER BY version DESC LIMIT 1",
             (name, PRODUCTION_STAGE),
         )
         if not rows:
             return None
-        version, run_id, source, storage = rows[0]
+        version, run_id, source, storage, created_ms = rows[0]
         tags = self._query(
             "SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?",
             (name, version),
@@ -248,6 +250,7 @@ class SqliteRegistry:
             source=str(source or ""),
             storage_location=str(storage or source or ""),
             tags={str(k): str(v) for k, v in tags},
+            created_at=_seconds(created_ms),
         )
 
     def run(self, run_id: str) -> RunInfo | None:
@@ -384,6 +387,7 @@ class HttpRegistry:
             source=str(mv.get("source", "")),
             storage_location=str(location or mv.get("source", "")),
             tags=_pairs(mv.get("tags")),
+            created_at=_seconds(mv.get("creation_timestamp")),
         )
 
     def run(self, run_id: str) -> RunInfo | None:
@@ -450,6 +454,13 @@ def _read_body(
     if total > max_bytes:
         raise RegistryReadError(f"{path} is over the {max_bytes} byte limit")
     return b"".join(chunks)
+
+def _seconds(milliseconds: Any) -> float | None:
+    """MLflow's millisecond timestamps as Unix seconds (``None`` when absent or not a number)."""
+    try:
+        return float(milliseconds) / 1000.0 if milliseconds is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _pairs(items: Any) -> dict[str, str]:

@@ -49,7 +49,9 @@ def wait_flow_run(team: Team, flow_run_id: str, timeout: float) -> dict[str, Any
     url = f"{team.stack.prefect_api_url}/flow_runs/{flow_run_id}"
     deadline = time.monotonic() + timeout
     while True:
-        run: dict[str, Any] = httpx.get(url, timeout=10).json()
+        run: dict[str, Any] = httpx.get(
+            url, headers=team.stack.prefect_headers(), timeout=10
+        ).json()
         state = (run.get("state") or {}).get("type")
         if state in FINAL_STATES:
             return run

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from deployments import stack as stack_module
-from tests.flows.conftest import tiny_sources  # noqa: F401  (a fixture, registered here too)
+from tests.api.conftest import model_sources  # noqa: F401  (fixtures, registered here too)
+from tests.flows.conftest import tiny_sources  # noqa: F401
 from tests.helpers.flows import TinySources, make_project, project_env
 from tests.helpers.services import (
     PREFECT_YAML,
@@ -37,7 +38,14 @@ def team(tmp_path_factory: pytest.TempPathFactory, tiny_sources: TinySources) ->
         "TRAIN_BLOCKS_PER_STAGE": "1",
     }
     root = tmp_path_factory.mktemp("stack")
-    with stack_module.running(root, ui=False, worker_env=flow_env) as stack:
+    with (
+        stack_module.running(root, ui=False, worker_env=flow_env) as stack,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        # This process's MLflow clients (the tests' registry calls) sign in like any client.
+        for key, value in stack.mlflow_env().items():
+            if key != "MLFLOW_TRACKING_URI":
+                env.setenv(key, value)
         yield Team(stack, project)
 
 

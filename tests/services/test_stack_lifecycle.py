@@ -1,4 +1,4 @@
-"""deployments/stack.py leaves nothing behind when a start fails half-way."""
+"""deployments/stack.py leaves nothing behind when a start fails half-way (the team stack and\nthe edge alone)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,28 @@ def test_a_failed_start_stops_what_already_started(
     assert not stack.pg_dir.exists(), "the database folder was left behind"
     assert not (stack.root / "stack.json").exists(), "the state file was left behind"
     assert not stack.passfile.exists(), "the password file was left behind"
+
+
+def test_a_failed_edge_start_stops_the_proxy_and_the_replicas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, int]] = []
+
+    def broken_prometheus(stack: Stack, settings: object = None) -> None:
+        for index in range(len(stack.api_ports)):  # the replicas answer before the failure
+            stack_module.wait_replica(stack, index)
+        stack_module.wait_proxy(stack)
+        seen.append(dict(stack.pids))
+        raise StackError("Prometheus could not start (simulated)")
+
+    monkeypatch.setattr(stack_module, "start_prometheus", broken_prometheus)
+    registry = f"sqlite:///{tmp_path}/no-registry.db"
+    with pytest.raises(StackError, match="simulated"):
+        stack_module.up_edge(tmp_path / "edge", registry, replicas=2)
+    [pids] = seen
+    assert set(pids) == {"proxy", "api-1", "api-2"}, pids
+    for name, pid in pids.items():
+        with pytest.raises(ProcessLookupError):  # no process of its group is left
+            os.killpg(pid, 0)
+            print(f"{name} is still running")
+    assert not (tmp_path / "edge" / "stack.json").exists(), "the state file was left behind"

@@ -5,6 +5,7 @@ The smoke train-flow runs as a Prefect deployment; the tests then look where eve
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -143,6 +144,7 @@ def test_data_is_in_the_dvc_bucket_and_a_fresh_clone_pulls_it(
 
 POLL_S = 3.0  # the replicas' registry poll interval
 OUTAGE_S = 10.0  # how long the MLflow server stays down while the replicas serve
+DENIED = r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied"
 # Generous deadlines (conditions, not speed targets): a replica notices a promotion at its next
 # poll; the figures are printed, and benchmarks/ measures serving speed.
 SWITCH_DEADLINE_S = 120.0
@@ -254,9 +256,12 @@ def seconds_until_all_answer(urls: list[str], version: str, label: str) -> float
     return time.monotonic() - started
 
 
-def start_replicas(tmp_path: Path, tracking_uri: str, count: int = 2) -> list[Server]:
+def start_replicas(team: Team, tmp_path: Path, count: int = 2) -> list[Server]:
     """``count`` uvicorn processes at once, one prediction log (sqlite in ``tmp_path``) for all;
     if one fails to start, the others are stopped."""
+    env = team.stack.mlflow_env()
+    tracking_uri = env.pop("MLFLOW_TRACKING_URI")
+    credentials = env  # the MLflow server's user and password
 
     def start() -> Server:
         return start_server(
@@ -266,6 +271,7 @@ def start_replicas(tmp_path: Path, tracking_uri: str, count: int = 2) -> list[Se
             SERVE_POLL_INTERVAL_S=str(POLL_S),
             SERVE_RETRY_INTERVAL_S="1",
             MONITOR_STORE_URL=shared_log_url(tmp_path),
+            **credentials,
         )
 
     with ThreadPoolExecutor(count) as pool:
@@ -320,7 +326,7 @@ def test_two_replicas_follow_promotions_and_ride_out_an_mlflow_outage(
     team: Team, deployment_run: DeploymentRun, tmp_path: Path
 ) -> None:
     stack = team.stack
-    replicas = start_replicas(tmp_path, stack.mlflow_url)
+    replicas = start_replicas(team, tmp_path)
     urls = [replica.url for replica in replicas]
     traffic = Traffic(urls)
     try:
@@ -373,3 +379,67 @@ def check_the_shared_log(tmp_path: Path, traffic: Traffic, urls: list[str]) -> N
     assert {pid: logged[pid] for pid in given} == given
     for url in urls:
         assert any(u == url for _, u, _, _, _ in traffic.answers), f"{url} answered nothing"
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+
+def test_mlflow_and_prefect_refuse_clients_without_credentials(team: Team) -> None:
+    stack = team.stack
+    search = f"{stack.mlflow_url}/api/2.0/mlflow/registered-models/search"
+    assert httpx.get(search).status_code == 401
+    assert httpx.get(search, auth=("stack", "wrong-password")).status_code == 401
+    assert httpx.get(search, auth=("stack", stack.mlflow_password)).status_code == 200
+    flow_runs = f"{stack.prefect_api_url}/flow_runs/filter"
+    assert httpx.post(flow_runs, json={}).status_code == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"stack:wrong").decode()}
+    assert httpx.post(flow_runs, json={}, headers=wrong).status_code == 401
+    assert httpx.post(flow_runs, json={}, headers=stack.prefect_headers()).status_code == 200
+
+
+def test_s3_refuses_wrong_keys(team: Team, deployment_run: DeploymentRun) -> None:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    stack = team.stack
+    [onnx_key] = [k for k in bucket_keys(team, MLFLOW_BUCKET) if k.endswith("onnx/model.onnx")]
+    original = stack.s3_client().get_object(Bucket=MLFLOW_BUCKET, Key=onnx_key)["Body"].read()
+    for key_id, secret in (("AKIAWRONGKEY0000", "wrong"), (stack.aws_key_id, "wrong-secret")):
+        intruder = boto3.client(
+            "s3",
+            endpoint_url=stack.s3_url,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+        )
+        with pytest.raises(ClientError, match=DENIED):
+            intruder.list_objects_v2(Bucket=MLFLOW_BUCKET)
+        with pytest.raises(ClientError, match=DENIED):
+            intruder.put_object(Bucket=MLFLOW_BUCKET, Key=onnx_key, Body=b"overwritten")
+    after = stack.s3_client().get_object(Bucket=MLFLOW_BUCKET, Key=onnx_key)["Body"].read()
+    assert after == original, "a client with wrong keys changed the served ONNX file"
+
+
+# --- the stack's own edge ---------------------------------------------------------------------
+
+
+def test_the_stack_serves_production_through_its_proxy_and_prometheus_scrapes_it(
+    team: Team, deployment_run: DeploymentRun
+) -> None:
+    stack = team.stack
+    # The replicas poll the MLflow server (through its credential check) for Production.
+    wait_until(lambda: httpx.get(f"{stack.proxy_url}/ready").status_code == 200, 90, 0.5)
+    answer = httpx.post(
+        f"{stack.proxy_url}/predict",
+        files={"file": ("g.png", encode(sample_images(1)[0]), "image/png")},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text[:300]
+    assert httpx.get(f"{stack.proxy_url}/metrics").status_code == 404
+
+    def scraped() -> bool:
+        targets = httpx.get(f"{stack.prometheus_url}/api/v1/targets", timeout=5).json()
+        active = targets["data"]["activeTargets"]
+        return len(active) == len(stack.api_ports) and all(t["health"] == "up" for t in active)
+
+    wait_until(scraped, 90, 0.5)
