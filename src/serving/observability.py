@@ -129,6 +129,7 @@ class ServingMetrics:
         self.reload_running.set_function(store.check_running_s)
         self.reload_stuck.set_function(lambda: float(store.stuck_reload() is not None))
         store.on_stuck = lambda _message: self.reload_timeouts.inc()
+
     def watch_store(self, status: Callable[[], StoreGauges]) -> None:
         """Export what the model store knows about the registry at every scrape."""
         self.registry.register(_StoreCollector(status))

@@ -455,6 +455,7 @@ def _read_body(
         raise RegistryReadError(f"{path} is over the {max_bytes} byte limit")
     return b"".join(chunks)
 
+
 def _seconds(milliseconds: Any) -> float | None:
     """MLflow's millisecond timestamps as Unix seconds (``None`` when absent or not a number)."""
     try:
