@@ -229,13 +229,13 @@ def promote_constant_model(team: Team, class_id: int) -> str:
     try:
         with mlflow.start_run(experiment_id=experiment_id) as run:
             info = log_classifier(constant_model(class_id))
-            location = mlflow.get_logged_model(info.model_id).artifact_location
         log_onnx(client, run.info.run_id, constant_model(class_id))
+        # The logged model's URI, as the train-flow registers it.
+        new = registry.register_candidate(
+            client, MODEL_NAME, model_uri=info.model_uri, run_id=run.info.run_id
+        )
     finally:
         mlflow.set_tracking_uri(previous)
-    new = registry.register_candidate(
-        client, MODEL_NAME, model_uri=location, run_id=run.info.run_id
-    )
     version = str(new.version)
     registry.record_gate_decision(
         client, MODEL_NAME, version, passed=True, reasons=[f"services test: answers {class_id}"]
