@@ -166,8 +166,16 @@ class Server:
 
 
 def start_server(
-    tmp_path: Path, tracking_uri: str, name: str, *, wait_ready: bool = True, **env: str
+    tmp_path: Path,
+    tracking_uri: str,
+    name: str,
+    *,
+    wait_ready: bool = True,
+    uvicorn: tuple[str, ...] = (sys.executable, "-m", "uvicorn"),
+    cwd: Path = REPO_ROOT,
+    **env: str,
 ) -> Server:
+    """``uvicorn src.api:app`` on a free port (``uvicorn``: the command, e.g. another venv's)."""
     port = free_port()
     log_path = tmp_path / f"uvicorn-{port}.log"
     full_env = {
@@ -179,17 +187,8 @@ def start_server(
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "src.api:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=REPO_ROOT,
+            [*uvicorn, "src.api:app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
