@@ -81,6 +81,7 @@ def served_version(url: str) -> str | None:
 def test_the_serving_install_has_no_training_stack_and_serves_production(
     wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the fresh venv sees only its own packages
     venv = make_serving_venv(tmp_path / "serve-venv", wheel)
     python = str(venv / "bin" / "python")
     probe = f"import importlib.util as u, json; print(json.dumps({{m: bool(u.find_spec(m)) for m in {HEAVY!r}}}))"
@@ -98,7 +99,6 @@ def test_the_serving_install_has_no_training_stack_and_serves_production(
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     previous = mlflow.get_tracking_uri()
-    monkeypatch.delenv("PYTHONPATH", raising=False)
     try:
         v1 = register_production(uri, tmp_path, seed=1)
         server = start_server(
