@@ -38,12 +38,12 @@ install-train: $(VENV)/.installed-train ## create .venv and install the pipeline
 
 install-serve: $(VENV)/.installed-serve ## create .venv and install what serving needs (the base role)
 
-# pip-tools resolves, from its own venv so the project's stays as locked.
-PIP_TOOLS ?= pip-tools==7.6.2
+# pip resolves, from its own venv (pinned pip) so the project's venv stays as locked.
+LOCK_PIP ?= pip==26.3
 LOCK_VENV ?= .lock-venv
 lock: ## re-resolve requirements/*.txt from pyproject.toml (ARGS=--upgrade for the newest versions)
 	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/python -m pip install -q '$(PIP_TOOLS)'
+	$(LOCK_VENV)/bin/python -m pip install -q '$(LOCK_PIP)'
 	$(LOCK_VENV)/bin/python -m deployments.lock compile $(ARGS)
 
 lock-check: ## fail when pyproject.toml and the locks in requirements/ disagree

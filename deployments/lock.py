@@ -10,9 +10,11 @@ One lock per role (pyproject.toml's base dependencies and extras), each installe
 - ``train.txt``: base + ``train`` (``make train``);
 - ``dev.txt``: base + ``train`` + ``services`` + ``test`` (``make test``, CI, ``make stack``).
 
-``dev.txt`` is resolved first (pip-tools' ``pip-compile``, keeping the pins it already holds unless
-``--upgrade``); ``train.txt`` and ``serve.txt`` are resolved under its pins, so a package has one
-version in every lock. The locks are for CPython 3.11 on Linux x86-64, the machines here. Each
+pip itself resolves (``pip install --dry-run --report``, the resolver that installs), and each pin
+carries the sha256 of the file pip picked (the index's hash, or the local file's). ``dev.txt`` is
+resolved first, keeping the pins it already holds unless ``--upgrade``; ``train.txt`` and
+``serve.txt`` are resolved under its pins, so a package has one version in every lock. The locks
+are for CPython 3.11 on Linux x86-64, the machines here. Each
 lock's first line is a fingerprint of the dependency tables it was made from: ``check`` needs no
 network and no third-party package, so the Makefile runs it before installing anything.
 """
@@ -25,9 +27,11 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK_DIR = ROOT / "requirements"
@@ -70,11 +74,7 @@ def requirement_name(requirement: str) -> str:
 
 def direct_requirements(pyproject: dict[str, Any], role: str) -> set[str]:
     """The names a role asks for directly: base dependencies plus its extras."""
-    project = pyproject["project"]
-    wanted = list(project.get("dependencies", []))
-    for extra in ROLES[role]:
-        wanted += project.get("optional-dependencies", {}).get(extra, [])
-    return {requirement_name(r) for r in wanted}
+    return {requirement_name(r) for r in requirement_lines(pyproject, role)}
 
 
 def pinned(lock_text: str) -> dict[str, str]:
@@ -117,24 +117,77 @@ def problems(root: Path = ROOT) -> list[str]:
     return found
 
 
+def requirement_lines(pyproject: dict[str, Any], role: str) -> list[str]:
+    project = pyproject["project"]
+    lines = list(project.get("dependencies", []))
+    for extra in ROLES[role]:
+        lines += project.get("optional-dependencies", {}).get(extra, [])
+    return lines
+
+
+def resolve(requirements: list[str], constraints: dict[str, str] | None, work: Path) -> list[dict]:
+    """pip's own resolution of ``requirements`` (nothing installed): the report's install list."""
+    (work / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    pins = "".join(f"{name}=={version}\n" for name, version in sorted((constraints or {}).items()))
+    (work / "constraints.txt").write_text(pins)
+    report = work / "report.json"
+    command = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+        "--report", str(report), "-r", str(work / "requirements.txt"),
+        "-c", str(work / "constraints.txt"),
+    ]  # fmt: skip
+    subprocess.run(command, check=True)
+    installs: list[dict] = json.loads(report.read_text())["install"]
+    return installs
+
+
+def sha256_of(item: dict) -> str:
+    """The hash of the file pip chose: from the index, or computed for a local file."""
+    info = item["download_info"]
+    hashes = info.get("archive_info", {}).get("hashes", {})
+    if "sha256" in hashes:
+        return str(hashes["sha256"])
+    url = urlparse(info["url"])
+    if url.scheme != "file":
+        raise RuntimeError(f"{info['url']}: no sha256 from the index; cannot lock it with a hash.")
+    return hashlib.sha256(Path(unquote(url.path)).read_bytes()).hexdigest()
+
+
+def lock_text(stamp: str, installs: list[dict]) -> str:
+    lines = [
+        stamp,
+        "# Made by `make lock` from pyproject.toml (pip's resolver, CPython 3.11, Linux",
+        "# x86-64); install with pip install --require-hashes -r <this file>. Do not edit.",
+        "",
+    ]
+    for item in sorted(installs, key=lambda i: canonical(i["metadata"]["name"])):
+        meta = item["metadata"]
+        lines.append(f"{canonical(meta['name'])}=={meta['version']} \\")
+        lines.append(f"    --hash=sha256:{sha256_of(item)}")
+    return "\n".join(lines) + "\n"
+
+
 def compile_locks(upgrade: bool = False) -> None:
-    """Resolve every role with pip-compile and stamp each lock with the fingerprint."""
+    """Resolve every role and write its lock. Without ``upgrade``, the pins already in dev.txt are
+    kept where pyproject.toml still allows them; train and serve always take dev's pins."""
     LOCK_DIR.mkdir(exist_ok=True)
-    stamp = FINGERPRINT_PREFIX + fingerprint(read_pyproject()) + "\n"
-    for role, extras in ROLES.items():
-        out = LOCK_DIR / f"{role}.txt"
-        command = [
-            sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes",
-            "--allow-unsafe", "--strip-extras", "--no-emit-index-url", "--no-emit-find-links",
-            "--output-file", str(out.relative_to(ROOT)),
-        ]  # fmt: skip
-        command += [f"--extra={extra}" for extra in extras]
-        if role != "dev":
-            command += ["--constraint", "requirements/dev.txt"]
-        elif upgrade:
-            command.append("--upgrade")
-        subprocess.run([*command, "pyproject.toml"], cwd=ROOT, check=True)
-        out.write_text(stamp + out.read_text())
+    pyproject = read_pyproject()
+    stamp = FINGERPRINT_PREFIX + fingerprint(pyproject)
+    dev_lock = LOCK_DIR / "dev.txt"
+    previous = {} if upgrade or not dev_lock.is_file() else pinned(dev_lock.read_text())
+    with tempfile.TemporaryDirectory(prefix="lock-") as tmp:
+        work = Path(tmp)
+        try:
+            installs = resolve(requirement_lines(pyproject, "dev"), previous, work)
+        except subprocess.CalledProcessError:
+            print("lock: the previous pins no longer fit pyproject.toml; resolving afresh.")
+            installs = resolve(requirement_lines(pyproject, "dev"), {}, work)
+        dev_lock.write_text(lock_text(stamp, installs))
+        dev_pins = pinned(dev_lock.read_text())
+        for role in ROLES:
+            if role != "dev":
+                installs = resolve(requirement_lines(pyproject, role), dev_pins, work)
+                (LOCK_DIR / f"{role}.txt").write_text(lock_text(stamp, installs))
 
 
 def main(argv: list[str] | None = None) -> int:
