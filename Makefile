@@ -16,33 +16,52 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= true
 
-.PHONY: help install train data evaluate serve test lint typecheck unit browser-deps postgres-deps edge-deps benchmarks soak mlflow-ui prefect-server stack stack-down clean
+.PHONY: help install install-train install-serve lock lock-check train data evaluate serve test lint typecheck unit browser-deps postgres-deps edge-deps benchmarks soak mlflow-ui prefect-server stack stack-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
 		awk -F'\t' '{printf "make %-15s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Installs go through the locks (requirements/<role>.txt, hashes checked), then the project itself
+# (editable, no dependencies). The lock check runs first and needs only Python.
+LOCK_CHECK := $(PYTHON) -m deployments.lock check
+$(VENV)/.installed-%: requirements/%.txt pyproject.toml setup.py
+	@$(LOCK_CHECK) >/dev/null
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r $<
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install the project (dev extras)
+install: $(VENV)/.installed-dev ## create .venv and install every role from the lock: train, services, test
 
-train: install ## run the train-flow (download, validate, version, split, train, gate, promote)
+install-train: $(VENV)/.installed-train ## create .venv and install the pipeline and training (train role)
+
+install-serve: $(VENV)/.installed-serve ## create .venv and install what serving needs (the base role)
+
+# pip resolves, from its own venv (pinned pip) so the project's venv stays as locked.
+LOCK_PIP ?= pip==26.3
+LOCK_VENV ?= .lock-venv
+lock: ## re-resolve requirements/*.txt from pyproject.toml (ARGS=--upgrade for the newest versions)
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q '$(LOCK_PIP)'
+	$(LOCK_VENV)/bin/python -m deployments.lock compile $(ARGS)
+
+lock-check: ## fail when pyproject.toml and the locks in requirements/ disagree
+	$(LOCK_CHECK)
+
+train: install-train ## run the train-flow (download, validate, version, split, train, gate, promote)
 	$(PY) -m flows.train_flow
 
-data: install ## run the data-flow only (download, validate, version, split)
+data: install-train ## run the data-flow only (download, validate, version, split)
 	$(PY) -m flows.data_flow
 
-evaluate: install ## evaluate a model on the test split (ARGS="--model-uri ...")
+evaluate: install-train ## evaluate a model on the test split (ARGS="--model-uri ...")
 	$(PY) -m src.evaluate $(ARGS)
 
-monitor: install ## run the monitor-flow once: drift checks on the prediction log (ARGS="--dry-run")
+monitor: install-train ## run the monitor-flow once: drift checks on the prediction log (ARGS="--dry-run")
 	$(PY) -m flows.monitor_flow $(ARGS)
 
-serve: install ## serve the Production model on SERVE_HOST:SERVE_PORT (default 127.0.0.1:8000)
+serve: install-serve ## serve the Production model on SERVE_HOST:SERVE_PORT (default 127.0.0.1:8000)
 	$(BIN)/clothing-classifier serve
 
 lint: install ## ruff check + ruff format --check
@@ -56,10 +75,10 @@ typecheck: install ## mypy
 browser-deps: ## install Debian's Chromium for the browser test, if missing
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-unit: install ## the fast tests only (no real servers, no real data)
-	$(BIN)/pytest -m "not integration and not services"
+unit: install ## the fast tests only (no real servers, no real data, no fresh installs)
+	$(BIN)/pytest -m "not integration and not services and not install"
 
-test: install lint typecheck browser-deps postgres-deps edge-deps ## what CI runs: lint, types, all tests
+test: lock-check install lint typecheck browser-deps postgres-deps edge-deps ## what CI runs: lint, types, all tests
 	$(BIN)/pytest
 
 # Debian's PostgreSQL for the services test and `make stack`. Those run their own server in a
@@ -87,10 +106,10 @@ edge-deps: ## install Debian's nginx, prometheus (promtool) and wrk, if missing
 benchmarks: install ## run every benchmark (minutes; on a quiet machine)
 	$(PY) -m benchmarks.run_all
 
-mlflow-ui: install ## browse runs and the registry on http://127.0.0.1:5000
+mlflow-ui: install-train ## browse runs and the registry on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-prefect-server: install ## a Prefect server with UI on http://127.0.0.1:4200
+prefect-server: install-train ## a Prefect server with UI on http://127.0.0.1:4200
 	$(BIN)/prefect server start --host 127.0.0.1
 
 # The same services the services test starts (deployments/stack.py), state and logs in .stack/.

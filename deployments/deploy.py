@@ -26,7 +26,8 @@ from prefect.schedules import Cron
 from flows.monitor_flow import MonitorFlowParams, monitor_flow
 from flows.rollback_flow import rollback_flow
 from flows.train_flow import TrainFlowParams, train_flow
-from src.config import PROJECT_ROOT, AppConfig, load_config
+from src.config import AppConfig, load_config
+from src.package import CODE_ROOT
 
 ENTRYPOINT = "flows/train_flow.py:train_flow"
 MONITOR = "flows/monitor_flow.py:monitor_flow"
@@ -46,7 +47,7 @@ def ensure_process_pool(name: str) -> None:
 
 def deploy_monitor_and_rollback(cfg: AppConfig) -> None:
     """monitor-flow on ``monitor.schedule_cron`` and the unscheduled rollback-flow, on the pool."""
-    monitor: Any = monitor_flow.from_source(source=str(PROJECT_ROOT), entrypoint=MONITOR)
+    monitor: Any = monitor_flow.from_source(source=str(CODE_ROOT), entrypoint=MONITOR)
     monitor.deploy(
         name=MONITOR_NAME,
         work_pool_name=cfg.flow.work_pool,
@@ -55,7 +56,7 @@ def deploy_monitor_and_rollback(cfg: AppConfig) -> None:
         tags=["clothing-classifier", "monitoring"],
         print_next_steps=False,
     )
-    rollback: Any = rollback_flow.from_source(source=str(PROJECT_ROOT), entrypoint=ROLLBACK)
+    rollback: Any = rollback_flow.from_source(source=str(CODE_ROOT), entrypoint=ROLLBACK)
     rollback.deploy(
         name="manual",
         work_pool_name=cfg.flow.work_pool,
@@ -83,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     ensure_process_pool(cfg.flow.work_pool)
-    # Code is loaded by the worker from this checkout (a set_working_directory pull step).
-    from_checkout: Any = train_flow.from_source(source=str(PROJECT_ROOT), entrypoint=ENTRYPOINT)
+    # Code is loaded by the worker from this checkout or installed package (a set_working_directory
+    # pull step).
+    from_checkout: Any = train_flow.from_source(source=str(CODE_ROOT), entrypoint=ENTRYPOINT)
     deployment_id = from_checkout.deploy(
         name=name,
         work_pool_name=cfg.flow.work_pool,

@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 USAGE_ERRORS = (ConfigError, ValidationError, FileNotFoundError, ValueError)
+# Modules of this project; any other missing module is a dependency the install left out.
+OWN_PACKAGES = frozenset({"src", "flows", "deployments"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,12 +72,24 @@ def run(command: str, argv: list[str]) -> int:
         print(f"clothing-classifier {command}: interrupted.", file=sys.stderr)
         return 130
     except Exception as exc:
-        print(
-            f"clothing-classifier {command} failed: {type(exc).__name__}: {exc}. "
-            "The log above names the failed step; fix the cause and run the command again.",
-            file=sys.stderr,
-        )
+        print(failure_line(command, exc), file=sys.stderr)
         return 1
+
+
+def failure_line(command: str, exc: Exception) -> str:
+    """One line for an unexpected failure; a dependency the install left out says what to add."""
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing and missing.split(".")[0] not in OWN_PACKAGES:
+        # The base install serves only; every other command needs the training stack.
+        return (
+            f"clothing-classifier {command}: needs {missing!r}, which this install lacks; "
+            "install the train extra: pip install 'clothing-classifier[train]' "
+            "(in a checkout: make install)."
+        )
+    return (
+        f"clothing-classifier {command} failed: {type(exc).__name__}: {exc}. "
+        "The log above names the failed step; fix the cause and run the command again."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

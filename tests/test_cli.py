@@ -51,3 +51,24 @@ def test_unknown_command_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_a_missing_dependency_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def needs_prefect(_argv: list[str] | None) -> int:
+        import prefect_not_installed_here  # noqa: F401
+
+        return 0
+
+    monkeypatch.setattr(cli, "resolve", lambda _command: needs_prefect)
+    assert cli.main(["train"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "needs 'prefect_not_installed_here'" in err
+    assert "pip install 'clothing-classifier[train]'" in err
+
+
+def test_a_missing_module_of_the_project_is_not_blamed_on_the_install() -> None:
+    line = cli.failure_line("serve", ModuleNotFoundError("gone", name="src.serving.gone"))
+    assert "failed: ModuleNotFoundError" in line and "extra" not in line

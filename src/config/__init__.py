@@ -28,6 +28,7 @@ from src.config.monitor import MonitorConfig
 from src.config.sections import PROJECT_ROOT, AppConfig, MlflowConfig, PathsConfig
 from src.config.serve import ServeConfig
 from src.config.train import TrainConfig
+from src.package import DEFAULT_CONFIG_DIR
 
 __all__ = [
     "PROJECT_ROOT",
@@ -55,7 +56,7 @@ class ConfigError(ValueError):
 
 
 def _config_dir() -> Path:
-    return Path(os.environ.get(CONFIG_DIR_ENV, PROJECT_ROOT / "configs"))
+    return Path(os.environ.get(CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

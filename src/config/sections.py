@@ -15,8 +15,7 @@ from src.config.gate import GateConfig
 from src.config.monitor import MonitorConfig
 from src.config.serve import ServeConfig
 from src.config.train import TrainConfig
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from src.package import PROJECT_ROOT
 
 
 class PathsConfig(BaseModel):
@@ -32,7 +31,8 @@ class PathsConfig(BaseModel):
     @field_validator("root")
     @classmethod
     def _root_from_project(cls, value: Path) -> Path:
-        # configs/paths.yaml says "root: ." for the checkout, wherever the process was started.
+        # configs/paths.yaml says "root: .": the checkout, wherever the process was started, or
+        # the working folder for an installed package (src.package).
         return value if value.is_absolute() else (PROJECT_ROOT / value).resolve()
 
     def resolve(self, path: Path | str) -> Path:

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from src.config import AppConfig, ServeConfig, load_config
 from src.monitoring.service import install_monitoring
+from src.package import STATIC_DIR, package_version
 from src.preprocessing import ALLOWED_FORMATS
 from src.serving.deps import ServingContext, require_api_key
 from src.serving.errors import install_error_handlers
@@ -31,7 +32,7 @@ from src.serving.observability import (
     StoreGauges,
     configure_logging,
 )
-from src.serving.routes import STATIC_DIR, prediction_router, router
+from src.serving.routes import prediction_router, router
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around one image
 SMALL_BODY_LIMIT = 64 * 1024  # every other endpoint takes no body
@@ -175,7 +176,7 @@ def create_app(cfg: AppConfig | None = None, *, private_workdir: bool = False) -
     app = FastAPI(
         title="clothing-classifier",
         summary="Classifies photos of garments into the ten Fashion-MNIST classes.",
-        version="1.0.0",
+        version=package_version(),
         lifespan=lifespan_for(ctx, private_workdir=private_workdir),
     )
     app.state.serving = ctx

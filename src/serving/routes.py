@@ -3,7 +3,6 @@ in :func:`src.serving.service.classify_request`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -11,6 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from src.config import ServeConfig
+from src.package import STATIC_DIR
 from src.serving.deps import CurrentModel, require_api_key, serving_context
 from src.serving.model_store import LoadedModel
 from src.serving.schemas import (
@@ -22,8 +22,6 @@ from src.serving.schemas import (
     multipart_body,
 )
 from src.serving.service import classify_request
-
-STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
 
 def describe_model(model: LoadedModel, request: Request) -> dict[str, Any]:

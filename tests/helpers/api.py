@@ -183,11 +183,13 @@ def start_server(
     name: str,
     *,
     wait_ready: bool = True,
+    uvicorn: tuple[str, ...] = (sys.executable, "-m", "uvicorn"),
     cwd: Path = REPO_ROOT,
     **env: str,
 ) -> Server:
-    """A uvicorn process on a free port; its working files (the prediction log in
-    ``tmp_path/outputs/monitoring/``, shared by the servers of one test) stay in ``tmp_path``."""
+    """``uvicorn src.api:app`` on a free port (``uvicorn``: the command, e.g. another venv's); its
+    working files (the prediction log in ``tmp_path/outputs/monitoring/``, shared by the servers of
+    one test) stay in ``tmp_path``."""
     port = free_port()
     log_path = tmp_path / f"uvicorn-{port}.log"
     inherited = ("SERVE_", "MLFLOW_", "MONITOR_", "PATHS_")
@@ -201,16 +203,7 @@ def start_server(
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "src.api:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            [*uvicorn, "src.api:app", "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd,
             env=full_env,
             stdout=log,
