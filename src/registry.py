@@ -127,13 +127,15 @@ def get_client(tracking_uri: str) -> MlflowClient:
     MLflow creates a new sqlite database's tables on first use, and two processes doing so at
     once can fail (one sees the other's half-made schema): the first use runs under a file lock
     beside the database, one process at a time."""
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if tracking_uri.startswith("sqlite:///") and tracking_uri not in _SCHEMA_READY:
-        database = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
-        with file_lock(Path(database + ".schema.lock"), 600.0, "creating the MLflow schema"):
-            client.search_experiments(max_results=1)  # creates or migrates the tables
-            client.search_registered_models(max_results=1)
-        _SCHEMA_READY.add(tracking_uri)
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri in _SCHEMA_READY:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    database = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    with file_lock(Path(database + ".schema.lock"), 600.0, "creating the MLflow schema"):
+        # The client's stores create or migrate the tables as they are made.
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    _SCHEMA_READY.add(tracking_uri)
     return client
 
 

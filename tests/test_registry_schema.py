@@ -27,7 +27,7 @@ def test_the_first_client_of_a_new_registry_creates_the_schema_under_the_lock(
 
     def first_use() -> None:
         try:
-            registry.get_client(uri)
+            registry.get_client(uri).search_experiments()
         except BaseException as exc:  # reported by the assertions below
             errors.append(exc)
         done.set()
@@ -36,7 +36,8 @@ def test_the_first_client_of_a_new_registry_creates_the_schema_under_the_lock(
     with file_lock(Path(f"{db}.schema.lock"), timeout_s=5):
         worker = threading.Thread(target=first_use, daemon=True)
         worker.start()
-        assert not done.wait(1.0), "get_client did not wait for the schema lock"
+        # Long enough for MLflow to create the tables were it not waiting (a few seconds).
+        assert not done.wait(8.0), "get_client did not wait for the schema lock"
         assert "experiments" not in _tables(db)
     assert done.wait(120) and not errors, errors
     assert {"experiments", "registered_models", "model_versions"} <= _tables(db)
