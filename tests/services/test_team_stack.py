@@ -402,7 +402,8 @@ def test_s3_refuses_wrong_keys(team: Team, deployment_run: DeploymentRun) -> Non
     from botocore.exceptions import ClientError
 
     stack = team.stack
-    [onnx_key] = [k for k in bucket_keys(team, MLFLOW_BUCKET) if k.endswith("onnx/model.onnx")]
+    # Any served model file will do (the stack's registry holds several by now).
+    onnx_key = next(k for k in bucket_keys(team, MLFLOW_BUCKET) if k.endswith("onnx/model.onnx"))
     original = stack.s3_client().get_object(Bucket=MLFLOW_BUCKET, Key=onnx_key)["Body"].read()
     for key_id, secret in (("AKIAWRONGKEY0000", "wrong"), (stack.aws_key_id, "wrong-secret")):
         intruder = boto3.client(
