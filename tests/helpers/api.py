@@ -201,6 +201,8 @@ def start_server(
         "PROFILE": "",
         **env,
     }
+    for key in [k for k, v in env.items() if v == ""]:  # passed as "": leave it unset
+        del full_env[key]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*uvicorn, "src.api:app", "--host", "127.0.0.1", "--port", str(port)],

@@ -108,6 +108,7 @@ def test_the_serving_install_has_no_training_stack_and_serves_production(
             uvicorn=(str(venv / "bin" / "uvicorn"),),
             cwd=work,
             SERVE_POLL_INTERVAL_S="0.5",
+            PATHS_ROOT="",  # the installed default: working files in the folder it starts in
         )
         try:
             assert served_version(server.url) == v1
