@@ -34,6 +34,7 @@ import stat
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -158,19 +159,28 @@ def read_local_file(path: Path, max_bytes: int, deadline: Deadline | None = None
             size = os.fstat(handle.fileno()).st_size
             if size > max_bytes:
                 raise RegistryReadError(f"{path.name} is {size} bytes, over the {max_bytes} limit")
-            chunks: list[bytes] = []
-            total = 0
-            while total <= max_bytes:
-                deadline.check(f"reading {path.name}")
-                chunk = handle.read(min(READ_CHUNK_BYTES, max_bytes + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
+            data = _read_capped(handle.read, max_bytes, deadline, f"reading {path.name}")
     except OSError as exc:
         raise RegistryReadError(f"cannot read {path.name}: {exc.strerror}") from exc
-    if total > max_bytes:
+    if len(data) > max_bytes:
         raise RegistryReadError(f"{path.name} grew over the {max_bytes} byte limit while read")
+    return data
+
+
+def _read_capped(
+    read: Callable[[int], bytes], max_bytes: int, deadline: Deadline, what: str
+) -> bytes:
+    """Chunks from ``read`` until it ends or passes ``max_bytes`` (at most one byte over, so the
+    caller can tell), checking ``deadline`` before each chunk."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        deadline.check(what)
+        chunk = read(min(READ_CHUNK_BYTES, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
     return b"".join(chunks)
 
 
@@ -441,19 +451,12 @@ def _shut(connection: http.client.HTTPConnection) -> None:
 def _read_body(
     response: http.client.HTTPResponse, path: str, max_bytes: int, deadline: Deadline
 ) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    while total <= max_bytes:
-        deadline.check(f"reading {path} from the tracking server")
-        chunk = response.read1(min(READ_CHUNK_BYTES, max_bytes + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    deadline.check(f"reading {path} from the tracking server")  # cut short by the watchdog?
-    if total > max_bytes:
+    what = f"reading {path} from the tracking server"
+    data = _read_capped(response.read1, max_bytes, deadline, what)
+    deadline.check(what)  # cut short by the watchdog?
+    if len(data) > max_bytes:
         raise RegistryReadError(f"{path} is over the {max_bytes} byte limit")
-    return b"".join(chunks)
+    return data
 
 
 def _seconds(milliseconds: Any) -> float | None:
