@@ -26,9 +26,8 @@ from tests.helpers.flows import (
     TinySources,
     api_post,
     flow_run_artifacts,
-    make_project,
-    project_env,
     task_run_states,
+    use_project,
 )
 
 pytestmark = pytest.mark.integration
@@ -41,11 +40,7 @@ SMOKE = TrainFlowParams(profile="smoke")
 def project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: str, tiny_sources: TinySources
 ) -> Path:
-    root = make_project(tmp_path / "project")
-    for key, value in project_env(root, tiny_sources.good).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("PROFILE", raising=False)
-    return root
+    return use_project(tmp_path / "project", tiny_sources.good, monkeypatch)
 
 
 def _uri(root: Path) -> str:

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.train_flow import TrainFlowParams, train_flow
-from tests.helpers.flows import TinySources, make_project, project_env
+from tests.helpers.flows import TinySources, use_project
 
 pytestmark = pytest.mark.integration
 
@@ -18,10 +18,7 @@ pytestmark = pytest.mark.integration
 def test_two_process_cpu_run_through_train_flow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: str, tiny_sources: TinySources
 ) -> None:
-    root = make_project(tmp_path / "project")
-    for key, value in project_env(root, tiny_sources.good).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("PROFILE", raising=False)
+    root = use_project(tmp_path / "project", tiny_sources.good, monkeypatch)
     monkeypatch.setenv("TRAIN_DEVICES", "2")
     monkeypatch.setenv("TRAIN_MAX_EPOCHS", "2")
     # A time budget: the epoch plan is decided by rank 0's clock and broadcast.

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from src.labels import CLASS_NAMES
@@ -105,4 +106,14 @@ def make_project(root: Path) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     init_repo(root, "local", str(root.parent / "dvc-remote"))
+    return root
+
+
+def use_project(root: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh project at ``root`` reading data from ``source``, its settings in the environment
+    (and no profile from the caller's), for the length of a test."""
+    make_project(root)
+    for key, value in project_env(root, source).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PROFILE", raising=False)
     return root

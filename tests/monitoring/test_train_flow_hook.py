@@ -12,7 +12,7 @@ import pytest
 from flows.train_flow import TrainFlowParams, train_flow
 from src import registry
 from src.monitoring.profile import PROFILE_ARTIFACT, ReferenceProfile
-from tests.helpers.flows import TinySources, flow_run_artifacts, make_project, project_env
+from tests.helpers.flows import TinySources, flow_run_artifacts, use_project
 
 pytestmark = pytest.mark.integration
 
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.integration
 def test_train_flow_attaches_profile_threshold_and_card(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: str, tiny_sources: TinySources
 ) -> None:
-    root = make_project(tmp_path / "project")
-    for key, value in project_env(root, tiny_sources.good).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("PROFILE", raising=False)
+    root = use_project(tmp_path / "project", tiny_sources.good, monkeypatch)
     state = train_flow(TrainFlowParams(profile="smoke"), return_state=True)
     summary = state.result()
     assert summary["promoted"], summary["gate_reasons"]
