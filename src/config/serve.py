@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -91,8 +91,17 @@ class ServeConfig(BaseModel):
     api_key: str | None
     # ONNX Runtime intra-op threads per forward (1 is best for latency with concurrent requests).
     inference_threads: int = Field(ge=1)
-    # Forwards running at once per endpoint kind (single, batch); 0 = one per CPU core.
+    # Forwards running at once per endpoint kind (single, batch) in one worker process; 0 = the
+    # worker's share of the cores (cores / workers, at least 1).
     inference_concurrency: int = Field(ge=0)
+    # `make serve` runs this many uvicorn worker processes; 0 = one per usable CPU core.
+    workers: int = Field(ge=0, le=256)
+    # Concurrent /predict images forwarded as one batch: "auto" turns it on only where the model
+    # forwards a batch faster per image than one image on this CPU (measured at load).
+    micro_batch: Literal["auto", "on", "off"]
+    micro_batch_max: int = Field(ge=1, le=1024)
+    # A micro-batch waits at most this long, and only for requests already being decoded.
+    micro_batch_wait_ms: float = Field(ge=0, le=1000)
     # One JSON line per request from the app (and uvicorn's plain access log switched off).
     json_logs: bool
     log_level: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from src.config import AppConfig, ServeConfig, load_config
 from src.monitoring.service import install_monitoring
 from src.package import STATIC_DIR, package_version
 from src.preprocessing import ALLOWED_FORMATS
+from src.serving.batching import Forwarder, MicroBatcher
 from src.serving.deps import ServingContext, require_api_key
 from src.serving.errors import install_error_handlers
 from src.serving.inference import ImageLimits
@@ -33,6 +35,7 @@ from src.serving.observability import (
     configure_logging,
 )
 from src.serving.routes import prediction_router, router
+from src.serving.workers import worker_cores
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around one image
 SMALL_BODY_LIMIT = 64 * 1024  # every other endpoint takes no body
@@ -67,13 +70,56 @@ def store_gauges(store: ModelStore) -> StoreGauges:
     return StoreGauges(production, failed, registered or 0.0)
 
 
+def build_forwarder(serve: ServeConfig, metrics: ServingMetrics) -> Forwarder:
+    """Direct forwards: at most the worker's share of the cores at once (one thread each)."""
+    return Forwarder(
+        serve.micro_batch,
+        None,  # the batcher thread starts with the app (lifespan_for)
+        direct_slots=max(1, worker_cores(serve) // serve.inference_threads),
+        on_forward=lambda kind, n: metrics.batch_size.labels(kind=kind).observe(n),
+    )
+
+
+def start_batcher(ctx: ServingContext) -> MicroBatcher | None:
+    serve, metrics = ctx.cfg.serve, ctx.metrics
+    if serve.micro_batch == "off":
+        return None
+    batcher = MicroBatcher(
+        serve.micro_batch_max,
+        serve.micro_batch_wait_ms / 1000,
+        on_forward=lambda n: metrics.batch_size.labels(kind="single").observe(n),
+    )
+    ctx.forwarder.batcher = batcher
+    return batcher
+
+
+def single_slots(serve: ServeConfig) -> int:
+    """/predict requests decoding at once: enough to fill a micro-batch when it may batch."""
+    share = serve.inference_concurrency or worker_cores(serve)
+    return share if serve.micro_batch == "off" else max(share, serve.micro_batch_max)
+
+
+INLINE_MAX_PIXELS = 256 * 256  # decodes in well under a millisecond
+
+
+def inline_limits(serve: ServeConfig, limits: ImageLimits) -> ImageLimits | None:
+    """Where a worker has one core, a small /predict image is decoded and forwarded on the event
+    loop: handing it to a thread and back costs more CPU than the work. Larger images exceed
+    this budget and go to a thread."""
+    if worker_cores(serve) > 1 or serve.inference_concurrency > 1:
+        return None
+    return dataclasses.replace(limits, max_batch_pixels=min(INLINE_MAX_PIXELS, limits.max_pixels))
+
+
 def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
     serve = cfg.serve
+    forwarder = build_forwarder(serve, metrics)
 
     def on_swap(old: LoadedModel | None, new: LoadedModel) -> None:
         metrics.model_swapped(
             old.name if old else None, old.version if old else None, new.name, new.version
         )
+        metrics.micro_batching.set(float(forwarder.batches(new.batch_speedup)))
 
     store = ModelStore(
         cfg.tracking_uri,
@@ -86,26 +132,30 @@ def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
         load_backoff_max_s=serve.load_backoff_max_s,
         reload_timeout_s=serve.reload_timeout_s,
         warmup_timeout_s=serve.warmup_timeout_s,
+        batch_probe_size=serve.micro_batch_max if serve.micro_batch == "auto" else 0,
         on_swap=on_swap,
         on_check_error=lambda _message: metrics.registry_errors.inc(),
     )
     metrics.watch_reloads(store)
     metrics.watch_store(lambda: store_gauges(store))
-    slots = serve.inference_concurrency or os.cpu_count() or 1
+    slots = serve.inference_concurrency or worker_cores(serve)
+    image_limits = ImageLimits(
+        formats=ALLOWED_FORMATS,
+        max_pixels=serve.max_image_pixels,
+        max_side=serve.max_image_side,
+        max_batch_pixels=serve.max_batch_pixels,
+    )
     return ServingContext(
         cfg=cfg,
         store=store,
         metrics=metrics,
         logger=logging.getLogger(LOGGER_NAME),
-        image_limits=ImageLimits(
-            formats=ALLOWED_FORMATS,
-            max_pixels=serve.max_image_pixels,
-            max_side=serve.max_image_side,
-            max_batch_pixels=serve.max_batch_pixels,
-        ),
-        single_slots=anyio.CapacityLimiter(slots),
+        image_limits=image_limits,
+        single_slots=anyio.CapacityLimiter(single_slots(serve)),
         batch_slots=anyio.CapacityLimiter(slots),
         api_key=serve.api_key.encode("utf-8") if serve.api_key is not None else None,
+        forwarder=forwarder,
+        inline_limits=inline_limits(serve, image_limits),
     )
 
 
@@ -132,6 +182,13 @@ def private_working_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+async def refresh_metrics(ctx: ServingContext, every_s: float = 1.0) -> None:
+    """Keep this worker's gauges current for whichever worker answers /metrics."""
+    while ctx.metrics.multiprocess:
+        ctx.metrics.refresh()
+        await asyncio.sleep(every_s)
+
+
 def lifespan_for(ctx: ServingContext, *, private_workdir: bool = False):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -149,18 +206,26 @@ def lifespan_for(ctx: ServingContext, *, private_workdir: bool = False):  # type
                         "api_key": serve.api_key is not None,
                         "inference_threads": serve.inference_threads,
                         "slots": ctx.single_slots.total_tokens,
+                        "workers": serve.workers or 1,
+                        "micro_batch": serve.micro_batch,
                         "working_folder": os.getcwd(),
                     }
                 },
             )
             # Load in the background: /health answers at once, /ready once the model is in.
             poller = asyncio.create_task(ctx.store.run(), name="registry-poller")
+            refresher = asyncio.create_task(refresh_metrics(ctx), name="metrics-refresh")
+            batcher = start_batcher(ctx)
             try:
                 yield
             finally:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+                for task in (poller, refresher):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                if batcher is not None:
+                    batcher.close()
+                ctx.metrics.worker_stopped()
                 ctx.logger.info("stopped")
 
     return lifespan
@@ -188,7 +253,7 @@ def create_app(cfg: AppConfig | None = None, *, private_workdir: bool = False) -
     ctx.monitor = install_monitoring(
         app,
         cfg,
-        registry=metrics.registry,
+        registry=metrics.live,
         current_model=lambda: ctx.store.current,
         require_api_key=require_api_key,
     )

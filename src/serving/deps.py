@@ -13,6 +13,7 @@ from fastapi.security import APIKeyHeader
 
 from src.config import AppConfig
 from src.monitoring.service import PredictionMonitor
+from src.serving.batching import Forwarder
 from src.serving.errors import ApiError
 from src.serving.inference import ImageLimits
 from src.serving.model_store import LoadedModel, ModelStore
@@ -32,6 +33,10 @@ class ServingContext:
     single_slots: anyio.CapacityLimiter
     batch_slots: anyio.CapacityLimiter
     api_key: bytes | None
+    # Forwards each request's images: micro-batched (/predict) or directly.
+    forwarder: Forwarder
+    # A worker with one core decodes a /predict image this small on the event loop; None: never.
+    inline_limits: ImageLimits | None = None
     # Set by create_app: stamps prediction_id/low_confidence and queues answers for the log.
     monitor: PredictionMonitor | None = None
 
@@ -65,8 +70,9 @@ async def require_api_key(
         raise ApiError(401, "unauthorized", "Wrong API key in the X-API-Key header.")
 
 
-def current_model(request: Request) -> LoadedModel:
-    """The model that answers this whole request (read once), or 503 with the reason."""
+async def current_model(request: Request) -> LoadedModel:
+    """The model that answers this whole request (read once), or 503 with the reason. Async:
+    FastAPI would run a plain function in a worker thread, a thread hop per request."""
     store = serving_context(request).store
     model = store.current
     if model is None:

@@ -121,6 +121,20 @@ def decode_all(
     return np.stack(arrays)
 
 
+def decode_images(
+    blobs: Sequence[bytes | memoryview],
+    filenames: Sequence[str | None],
+    limits: ImageLimits,
+    cancelled: threading.Event | None = None,
+    inputs: list[InputInfo] | None = None,
+) -> np.ndarray:
+    """Every file → the model's normalised input (N, 1, 28, 28); see :func:`decode_all`."""
+    images = decode_all(blobs, filenames, limits, cancelled, inputs)
+    if cancelled is not None and cancelled.is_set():
+        raise ClientGone
+    return normalize_array(images)
+
+
 def classify(
     model: LoadedModel,
     blobs: Sequence[bytes | memoryview],
@@ -133,11 +147,8 @@ def classify(
 ) -> list[dict[str, Any]]:
     """Decode every file, then run ONE forward over all of them with ``model``; ``inputs``, when
     given, receives one :class:`InputInfo` per file (for the prediction log)."""
-    images = decode_all(blobs, filenames, limits, cancelled, inputs)
-    if cancelled is not None and cancelled.is_set():
-        raise ClientGone
-    probabilities = model.predict_proba(normalize_array(images))
-    return answers(probabilities, model.class_names, model.version, top_k)
+    images = decode_images(blobs, filenames, limits, cancelled, inputs)
+    return answers(model.predict_proba(images), model.class_names, model.version, top_k)
 
 
 def answers(

@@ -27,8 +27,9 @@ import anyio
 import numpy as np
 import yaml
 
-from src.labels import CLASS_NAMES
+from src.labels import CLASS_NAMES, IMAGE_SIZE
 from src.onnx_model import ONNX_ARTIFACT, OnnxClassifier, load_onnx_classifier
+from src.serving.batching import batch_speedup
 from src.serving.redact import redact_text, redact_uri
 from src.serving.registry_reader import Deadline, RegistryReader, VersionRef, reader_for
 
@@ -58,6 +59,8 @@ class LoadedModel:
     load_seconds: float
     flip_tta: bool | None = None
     registered_at: float | None = None  # Unix time the version was registered
+    # Per-image forward time at batch 1 over that at the micro-batch size (measured at load).
+    batch_speedup: float = 1.0
 
     @property
     def class_names(self) -> list[str]:
@@ -116,6 +119,7 @@ class ModelStore:
         load_backoff_max_s: float = 3600.0,
         reload_timeout_s: float = 120.0,
         warmup_timeout_s: float = 30.0,
+        batch_probe_size: int = 0,
         on_swap: Callable[[LoadedModel | None, LoadedModel], None] | None = None,
         on_check_error: Callable[[str], None] | None = None,
     ) -> None:
@@ -130,6 +134,8 @@ class ModelStore:
         self.load_backoff_max_s = load_backoff_max_s
         self.reload_timeout_s = reload_timeout_s
         self.warmup_timeout_s = warmup_timeout_s
+        # > 1: time this batch size against single images at load (micro_batch: auto).
+        self.batch_probe_size = batch_probe_size
         self.on_stuck: Callable[[str], None] | None = None
         self._on_swap = on_swap
         self._on_check_error = on_check_error
@@ -212,6 +218,7 @@ class ModelStore:
             warmup_timeout_s=reader.deadline.timeout(self.warmup_timeout_s),
         )
         classifier.metadata = metadata
+        speedup = batch_speedup(classifier, self.batch_probe_size, (1, IMAGE_SIZE, IMAGE_SIZE))
         # NaN and infinities (an MLflow server sends them) are no JSON: /model would fail on them.
         metrics = {k: float(v) for k, v in run.metrics.items() if math.isfinite(v)}
         for key in METRIC_TAGS:
@@ -239,6 +246,7 @@ class ModelStore:
             load_seconds=time.perf_counter() - started,
             flip_tta=_truthy(flip_tta),
             registered_at=ref.created_at,
+            batch_speedup=speedup,
         )
 
     def _mlmodel_metadata(self, reader: RegistryReader, ref: VersionRef) -> dict[str, Any]:

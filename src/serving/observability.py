@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -21,8 +22,10 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOGGER_NAME = "clothing_classifier.serving"
@@ -49,11 +52,37 @@ LATENCY_BUCKETS = (
 )
 
 
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def multiprocess_mode() -> bool:
+    """Whether this process is one of several workers sharing metrics through files (set up by
+    :func:`src.serving.cli.shared_metrics_folder` before the workers start)."""
+    return bool(os.environ.get(MULTIPROC_DIR_ENV))
+
+
 class ServingMetrics:
-    """All metrics of one app, in their own registry (several apps can live in one process)."""
+    """All metrics of one app, in their own registries (several apps can live in one process).
+
+    ``registry`` holds the counters, gauges and histograms. With several worker processes their
+    values live in shared files and ``/metrics`` (:meth:`exposition`) merges every worker's:
+    counters and histograms add up, gauges say how they combine (``multiprocess_mode``).
+    ``live`` holds collectors computed by the scraped process at scrape time (the registry's
+    view, the prediction log, process metrics of that worker).
+    """
 
     def __init__(self) -> None:
+        self.multiprocess = multiprocess_mode()
         self.registry = CollectorRegistry()
+        self.live = CollectorRegistry()
+        self._define_request_metrics()
+        self._define_model_metrics()
+        self._reload_sources: tuple[Callable[[], float], Callable[[], bool]] | None = None
+        ProcessCollector(registry=self.live)
+        PlatformCollector(registry=self.live)
+
+    def _define_request_metrics(self) -> None:
         self.requests = Counter(
             "http_requests",
             "HTTP requests by method, route and status code.",
@@ -78,24 +107,53 @@ class ServingMetrics:
             "Uploaded files refused as not decodable / too large.",
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Images per model forward: micro-batches of /predict requests (kind=single) and "
+            "/predict/batch requests (kind=batch).",
+            ["kind"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.micro_batching = Gauge(
+            "micro_batching_enabled",
+            "1 while concurrent /predict images are forwarded together (lowest over workers).",
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.worker_memory = Gauge(
+            "worker_resident_memory_bytes",
+            "Resident memory of each worker process (sum: the whole service).",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+
+    def _define_model_metrics(self) -> None:
         self.model_info = Gauge(
             "model_info",
-            "The served model: 1 for the loaded name/version.",
+            "The served model: 1 for each loaded name/version (any worker).",
             ["name", "version"],
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.model_version = Gauge(
             "model_version",
-            "Registry version number of the served model (0 while none is loaded).",
+            "Registry version number of the served model (0 while none is loaded; the lowest "
+            "over workers).",
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.model_ready = Gauge(
-            "model_ready", "1 once a model is loaded and answering.", registry=self.registry
+            "model_ready",
+            "1 once a model is loaded and answering (in every worker).",
+            registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.model_loaded_timestamp = Gauge(
             "model_loaded_timestamp_seconds",
-            "Unix time the served model was loaded.",
+            "Unix time the served model was loaded (the latest over workers).",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.model_reloads = Counter(
             "model_reloads", "Model (re)loads that completed.", registry=self.registry
@@ -109,37 +167,58 @@ class ServingMetrics:
             "model_reload_running_seconds",
             "How long the registry check in progress (fetch, load, warm-up) has run; 0 if none.",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.reload_stuck = Gauge(
             "model_reload_stuck",
             "1 while a registry check runs past its deadline (the loaded model keeps serving).",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.reload_timeouts = Counter(
             "model_reload_timeouts",
             "Registry checks found still running past their deadline.",
             registry=self.registry,
         )
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
 
     def watch_reloads(self, store: Any) -> None:
         """Read the reload gauges from ``store`` (a :class:`src.serving.model_store.ModelStore`)
-        at every scrape, so a stuck check shows while it is stuck."""
-        self.reload_running.set_function(store.check_running_s)
-        self.reload_stuck.set_function(lambda: float(store.stuck_reload() is not None))
+        at every scrape and :meth:`refresh`, so a stuck check shows while it is stuck."""
+        self._reload_sources = (store.check_running_s, lambda: store.stuck_reload() is not None)
         store.on_stuck = lambda _message: self.reload_timeouts.inc()
 
     def watch_store(self, status: Callable[[], StoreGauges]) -> None:
         """Export what the model store knows about the registry at every scrape."""
-        self.registry.register(_StoreCollector(status))
+        self.live.register(_StoreCollector(status))
+
+    def refresh(self) -> None:
+        """Set the gauges read off this process (each worker calls it every second)."""
+        if self._reload_sources is not None:
+            running, stuck = self._reload_sources
+            self.reload_running.set(running())
+            self.reload_stuck.set(float(stuck()))
+        self.worker_memory.set(resident_memory_bytes())
+
+    def exposition(self) -> bytes:
+        """The ``/metrics`` body: the whole service's values, then the live collectors."""
+        self.refresh()
+        if not self.multiprocess:
+            return generate_latest(self.registry) + generate_latest(self.live)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged) + generate_latest(self.live)
+
+    def worker_stopped(self) -> None:
+        """Drop this worker's live gauges from the shared files (its counters stay counted)."""
+        if self.multiprocess:
+            mark_process_dead(os.getpid())
 
     def model_swapped(
         self, old_name: str | None, old_version: str | None, name: str, version: str
     ) -> None:
         if old_name is not None and old_version is not None:
-            with contextlib.suppress(KeyError):
-                self.model_info.remove(old_name, old_version)
+            # Set to 0 rather than removed: a removed child would live on in the shared files.
+            self.model_info.labels(name=old_name, version=old_version).set(0)
         self.model_info.labels(name=name, version=version).set(1)
         try:
             self.model_version.set(float(version))
@@ -148,6 +227,15 @@ class ServingMetrics:
         self.model_ready.set(1)
         self.model_loaded_timestamp.set(time.time())
         self.model_reloads.inc()
+
+
+def resident_memory_bytes() -> float:
+    """This process's resident memory (``/proc/self/statm``; 0 where there is none)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return float(pages * os.sysconf("SC_PAGE_SIZE"))
 
 
 @dataclass(frozen=True)
@@ -199,6 +287,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "event": record.getMessage(),
+            "pid": record.process,  # which worker process
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):

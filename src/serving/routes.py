@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from src.config import ServeConfig
 from src.package import STATIC_DIR
@@ -25,7 +25,8 @@ from src.serving.service import classify_request
 
 
 def describe_model(model: LoadedModel, request: Request) -> dict[str, Any]:
-    status = serving_context(request).store.status
+    ctx = serving_context(request)
+    status = ctx.store.status
     failure = status.failure
     return {
         "name": model.name,
@@ -40,6 +41,8 @@ def describe_model(model: LoadedModel, request: Request) -> dict[str, Any]:
         "flip_tta": model.flip_tta,
         "runtime": model.classifier.runtime,
         "threads": model.classifier.threads,
+        "micro_batching": "on" if ctx.forwarder.batches(model.batch_speedup) else "off",
+        "batch_speedup": round(model.batch_speedup, 3),
         "loaded_at": model.loaded_at.isoformat(),
         "load_seconds": round(model.load_seconds, 3),
         "production_version": status.production_version,
@@ -127,8 +130,8 @@ async def ready(request: Request) -> Response:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
 )
 async def prometheus_metrics(request: Request) -> Response:
-    registry = serving_context(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    body = serving_context(request).metrics.exposition()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", include_in_schema=False)

@@ -38,6 +38,13 @@ class ModelDescription(BaseModel):
     flip_tta: bool | None = Field(description="Mirror test-time averaging inside the model.")
     runtime: str = Field(description="What runs the model, e.g. 'onnxruntime 1.32.0'.")
     threads: int = Field(description="Threads per forward.")
+    micro_batching: str = Field(
+        description="'on' while concurrent /predict images of this model are forwarded together."
+    )
+    batch_speedup: float = Field(
+        description="Per-image forward time at batch 1 over that at the micro-batch size, as "
+        "measured when the model loaded (1.0: not measured)."
+    )
     loaded_at: str = Field(description="ISO 8601, UTC.")
     load_seconds: float
     production_version: str | None = Field(

@@ -13,13 +13,21 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
+import numpy as np
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from src.monitoring.inputs import InputInfo
 from src.serving.deps import ServingContext
 from src.serving.errors import ApiError
-from src.serving.inference import BadImages, BatchTooLarge, ClientGone, classify
+from src.serving.inference import (
+    BadImages,
+    BatchTooLarge,
+    ClientGone,
+    ImageLimits,
+    answers,
+    decode_images,
+)
 from src.serving.model_store import LoadedModel
 from src.serving.multipart import (
     MultipartError,
@@ -126,6 +134,45 @@ async def run_until_disconnect(
     return result
 
 
+def forward_in_thread(
+    ctx: ServingContext,
+    model: LoadedModel,
+    decode: Callable[[threading.Event | None, ImageLimits], np.ndarray],
+    *,
+    single: bool,
+) -> Callable[[threading.Event], np.ndarray]:
+    """The job of a worker thread: decode (under the full limits), then forward."""
+
+    def job(cancelled: threading.Event) -> np.ndarray:
+        admitted = ctx.forwarder.admitted(model, single=single, speedup=model.batch_speedup)
+        with admitted as forward:
+            return forward(decode(cancelled, ctx.image_limits))
+
+    return job
+
+
+async def probabilities_for(
+    request: Request,
+    ctx: ServingContext,
+    model: LoadedModel,
+    decode: Callable[[threading.Event | None, ImageLimits], np.ndarray],
+    *,
+    single: bool,
+) -> np.ndarray:
+    """One image on a one-core worker: decoded and forwarded on the event loop when it is small
+    (a thread hop would cost more than the work); anything else in a worker thread."""
+    if single and ctx.inline_limits is not None:
+        try:
+            images = decode(None, ctx.inline_limits)
+        except BatchTooLarge:  # over the inline pixel budget: decode it off the loop
+            pass
+        else:
+            return await ctx.forwarder.forward_inline(model, images, model.batch_speedup)
+    job = forward_in_thread(ctx, model, decode, single=single)
+    limiter = ctx.single_slots if single else ctx.batch_slots
+    return await run_until_disconnect(request, job, limiter)
+
+
 async def classify_request(
     request: Request, ctx: ServingContext, model: LoadedModel, *, field: str, max_files: int
 ) -> list[dict[str, Any]]:
@@ -137,24 +184,14 @@ async def classify_request(
     counted: list[int] = [0]
     inputs: list[InputInfo] = []  # what the prediction log records about each upload
 
-    def job(cancelled: threading.Event) -> list[dict[str, Any]]:
+    def decode(cancelled: threading.Event | None, limits: ImageLimits) -> np.ndarray:
         files = _parse(body, boundary, field, max_files, ctx, path)
         counted[0] = len(files)
-        names = [part.filename for part in files]
-        data = [part.data for part in files]
-        return classify(
-            model,
-            data,
-            names,
-            ctx.image_limits,
-            top_k=serve.top_k,
-            cancelled=cancelled,
-            inputs=inputs,
-        )
+        blobs, names = [part.data for part in files], [part.filename for part in files]
+        return decode_images(blobs, names, limits, cancelled, inputs)
 
-    limiter = ctx.single_slots if max_files == 1 else ctx.batch_slots
     try:
-        results = await run_until_disconnect(request, job, limiter)
+        probabilities = await probabilities_for(request, ctx, model, decode, single=max_files == 1)
     except BadImages as exc:
         ctx.metrics.images_rejected.inc(len(exc.problems))
         request.state.error = "bad_image"
@@ -165,6 +202,7 @@ async def classify_request(
     except ClientGone as exc:
         request.state.error = "client_disconnected"
         raise ClientDisconnect() from exc
+    results = answers(probabilities, model.class_names, model.version, serve.top_k)
     request.state.images = len(results)
     for label, count in Counter(result["label"] for result in results).items():
         ctx.metrics.predictions.labels(label=label).inc(count)

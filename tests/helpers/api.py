@@ -184,10 +184,12 @@ def start_server(
     *,
     wait_ready: bool = True,
     uvicorn: tuple[str, ...] = (sys.executable, "-m", "uvicorn"),
+    command: tuple[str, ...] | None = None,
     cwd: Path = REPO_ROOT,
     **env: str,
 ) -> Server:
-    """``uvicorn src.api:app`` on a free port (``uvicorn``: the command, e.g. another venv's); its
+    """``uvicorn src.api:app`` on a free port (``uvicorn``: the command, e.g. another venv's;
+    ``command``: run this instead, e.g. ``make serve``'s CLI, given ``--host``/``--port``); its
     working files (the prediction log in ``tmp_path/outputs/monitoring/``, shared by the servers of
     one test) stay in ``tmp_path``."""
     port = free_port()
@@ -204,8 +206,9 @@ def start_server(
     for key in [k for k, v in env.items() if v == ""]:  # passed as "": leave it unset
         del full_env[key]
     with log_path.open("wb") as log:
+        argv = command or (*uvicorn, "src.api:app")
         process = subprocess.Popen(
-            [*uvicorn, "src.api:app", "--host", "127.0.0.1", "--port", str(port)],
+            [*argv, "--host", "127.0.0.1", "--port", str(port)],
             cwd=cwd,
             env=full_env,
             stdout=log,
