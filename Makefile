@@ -1,4 +1,4 @@
-# Two commands: `make train` (the whole pipeline) and `make test` (lint, types, tests).
+# Two commands: `make train` (the whole pipeline) and `make test` (lint, types, docs, tests).
 # Both create .venv and install the project on first use.
 
 SHELL := /bin/bash
@@ -16,7 +16,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= true
 
-.PHONY: help install install-train install-serve lock lock-check train data evaluate serve test lint typecheck unit browser-deps postgres-deps edge-deps benchmarks soak mlflow-ui prefect-server stack stack-down clean
+.PHONY: help install install-train install-serve lock lock-check train data evaluate serve test lint typecheck docs unit browser-deps postgres-deps edge-deps benchmarks soak mlflow-ui prefect-server stack stack-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
@@ -32,7 +32,7 @@ $(VENV)/.installed-%: requirements/%.txt pyproject.toml setup.py
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed-dev ## create .venv and install every role from the lock: train, services, test
+install: $(VENV)/.installed-dev ## create .venv and install every role from the lock: train, services, test, docs
 
 install-train: $(VENV)/.installed-train ## create .venv and install the pipeline and training (train role)
 
@@ -71,6 +71,12 @@ lint: install ## ruff check + ruff format --check
 typecheck: install ## mypy
 	$(BIN)/mypy src flows benchmarks deployments
 
+# The site is built into a temporary folder (site/ is for `mkdocs build` by hand); --strict and
+# mkdocs.yml's validation settings make a broken link or anchor fail.
+docs: install ## build the documentation site from docs/ (mkdocs build --strict)
+	@site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$site"; \
+		status=$$?; rm -rf "$$site"; exit $$status
+
 # Debian's Chromium drives the web page's end-to-end test (no browser download needed).
 browser-deps: ## install Debian's Chromium for the browser test, if missing
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
@@ -78,7 +84,7 @@ browser-deps: ## install Debian's Chromium for the browser test, if missing
 unit: install ## the fast tests only (no real servers, no real data, no fresh installs)
 	$(BIN)/pytest -m "not integration and not services and not install"
 
-test: lock-check install lint typecheck browser-deps postgres-deps edge-deps ## what CI runs: lint, types, all tests
+test: lock-check install lint typecheck docs browser-deps postgres-deps edge-deps ## what CI runs: lint, types, docs, all tests
 	$(BIN)/pytest
 
 # Debian's PostgreSQL for the services test and `make stack`. Those run their own server in a

@@ -8,7 +8,8 @@ One lock per role (pyproject.toml's base dependencies and extras), each installe
 
 - ``serve.txt``: the base install, what ``uvicorn src.api:app`` needs;
 - ``train.txt``: base + ``train`` (``make train``);
-- ``dev.txt``: base + ``train`` + ``services`` + ``test`` (``make test``, CI, ``make stack``).
+- ``dev.txt``: base + ``train`` + ``services`` + ``test`` + ``docs`` (``make test``, CI,
+  ``make stack``).
 
 pip itself resolves (``pip install --dry-run --report``, the resolver that installs), and each pin
 carries the sha256 of the file pip picked (the index's hash, or the local file's). ``dev.txt`` is
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK_DIR = ROOT / "requirements"
 # role -> extras on top of the base dependencies; dev first, the others are resolved under it.
 ROLES: dict[str, tuple[str, ...]] = {
-    "dev": ("train", "services", "test"),
+    "dev": ("train", "services", "test", "docs"),
     "train": ("train",),
     "serve": (),
 }
