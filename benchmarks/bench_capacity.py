@@ -115,7 +115,6 @@ def start_service(registry: BenchRegistry, env: dict[str, str], log: Path) -> tu
         "MLFLOW_TRACKING_URI": registry.tracking_uri,
         "MLFLOW_REGISTERED_MODEL_NAME": registry.name,
         "SERVE_PORT": str(port),
-        "SERVE_LOG_LEVEL": "WARNING",
         **env,
     }
     with log.open("ab") as handle:
@@ -258,16 +257,21 @@ def served_micro_batching(port: int) -> str:
     return str(body.get("micro_batching", "unknown"))
 
 
-def run_mode(mode: str, registry: BenchRegistry, bodies: dict[str, Path], args: Any) -> ModeResult:
+def run_mode(
+    mode: str, registry: BenchRegistry, bodies: dict[str, Path], args: Any, workers: int = 0
+) -> ModeResult:
+    """The service with micro-batching ``mode`` (``workers``: 0 = make serve's default)."""
     env = {"SERVE_MICRO_BATCH": mode}
-    if args.workers:
-        env["SERVE_WORKERS"] = str(args.workers)
-    log = Path(args.workdir) / f"server-{mode}.log"
+    workers = workers or args.workers
+    if workers:
+        env["SERVE_WORKERS"] = str(workers)
+    label = mode if not workers else f"{mode}, SERVE_WORKERS={workers}"
+    log = Path(args.workdir) / f"server-{mode}-{workers}.log"
     process, port = start_service(registry, env, log)
     try:
         wait_ready(process, port)
-        workers = len(psutil.Process(process.pid).children()) or 1
-        result = ModeResult(mode, workers, served_micro_batching(port))
+        workers = len(metric_values(port, "worker_resident_memory_bytes")) or 1
+        result = ModeResult(label, workers, served_micro_batching(port))
         result.runs.append(
             measure("/predict, 16 connections", process, port, "/predict", bodies["one"], 1, args)
         )
@@ -338,6 +342,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--modes", default="off,on,auto", help="micro-batching settings to run")
     parser.add_argument("--workers", type=int, default=0, help="0: the server's default")
+    parser.add_argument(
+        "--one-process", action="store_true", help="also run one worker process (the old way)"
+    )
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--model-name", default=None)
     parser.add_argument("--output", default="outputs/benchmarks/bench_capacity.json")
@@ -364,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         write_bodies(bodies["one"], "file", blobs, 1)
         write_bodies(bodies["batch"], "files", blobs, BATCH_IMAGES)
         modes = [run_mode(mode, registry, bodies, args) for mode in args.modes.split(",")]
+        if args.one_process:  # as before: one process, every forward in a worker thread
+            modes.append(run_mode("off", registry, bodies, args, workers=1))
     report = {
         "cpu": cpu_name(),
         "cpu_class": cpu_class(),

@@ -31,14 +31,25 @@ def pixel_stats(arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat.mean(axis=1), flat.std(axis=1)
 
 
+def mean_and_std(array: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) std of an image's pixels from one sum and one dot product: on a
+    28x28 image this is several times cheaper than ``mean()`` + ``std()`` (the API pays it per
+    upload)."""
+    flat = array.ravel().astype(np.float64)
+    mean = float(flat.sum()) / flat.size
+    variance = max(0.0, float(flat @ flat) / flat.size - mean * mean)
+    return mean, variance**0.5
+
+
 def describe_input(image: Image.Image, array: np.ndarray, inverted: bool) -> InputInfo:
     """``image``: the decoded upload; ``array``: its 28x28 ``uint8`` model input."""
+    mean, std = mean_and_std(array)
     return InputInfo(
         width=int(image.width),
         height=int(image.height),
         mode=str(image.mode),
-        mean=float(array.mean()) / 255.0,
-        std=float(array.std()) / 255.0,
+        mean=mean / 255.0,
+        std=std / 255.0,
         inverted=bool(inverted),
         array=array,
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,9 +42,13 @@ def two_workers(tmp_path: Path, registry: Registry, **env: str) -> Server:
         SERVE_JSON_LOGS="true",
         **env,
     )
-    wait_until(
-        lambda: metric_total(server.url, "model_ready") == 1 and len(worker_series(server)) == 2
-    )
+    try:
+        wait_until(
+            lambda: metric_total(server.url, "model_ready") == 1 and len(worker_series(server)) == 2
+        )
+    except BaseException:
+        stop_server(server)
+        raise
     return server
 
 
@@ -67,8 +73,13 @@ def post_images(url: str, count: int) -> list[str]:
 
 
 def metric_total(url: str, name: str) -> float:
+    """The sum of the series of metric ``name`` (exact name, any labels)."""
     text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
 
 
 def answering_pids(server: Server) -> set[int]:
@@ -115,3 +126,41 @@ def test_two_workers_log_every_answer_once_on_postgresql(
     registry: Registry, postgres_url: str, tmp_path: Path
 ) -> None:
     check_one_service(tmp_path, registry, postgres_url, MONITOR_STORE_URL=postgres_url)
+
+
+def test_two_workers_ride_a_promotion_with_no_failed_request(
+    registry: Registry, tmp_path: Path
+) -> None:
+    old = registry.add_production("tshirt")
+    server = two_workers(tmp_path, registry, SERVE_POLL_INTERVAL_S="0.2")
+    newer = registry.add_version("bag")
+    blob = encode(sample_images(1)[0])
+    answers: list[tuple[float, int, str | None]] = []  # (sent at, status, version)
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not stop.is_set():
+                sent = time.monotonic()
+                response = client.post("/predict", files={"file": ("a.png", blob, "image/png")})
+                version = response.json().get("model_version") if response.is_success else None
+                answers.append((sent, response.status_code, version))
+
+    clients = [threading.Thread(target=client_loop) for _ in range(4)]
+    try:
+        for thread in clients:
+            thread.start()
+        wait_until(lambda: len(answers) > 50)
+        registry.promote(newer)
+        # model_version is the lowest over the workers: both serve the new version from here.
+        wait_until(lambda: metric_total(server.url, "model_version") == float(newer))
+        everyone_swapped = time.monotonic()
+        wait_until(lambda: sum(sent > everyone_swapped for sent, _, _ in answers) > 50)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+        stop_server(server)
+    assert {status for _, status, _ in answers} == {200}
+    assert {version for _, _, version in answers} == {old, newer}
+    assert {version for sent, _, version in answers if sent > everyone_swapped} == {newer}
