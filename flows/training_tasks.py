@@ -40,7 +40,7 @@ PREDICTIONS_ARTIFACT = "gate/test_predictions.npy"
 
 
 class TrainResultLike(Protocol):
-    """What training hands over (``src.training.TrainResult``)."""
+    """What training hands over (``src.training.train.TrainResult``)."""
 
     @property
     def run_id(self) -> str: ...
@@ -118,7 +118,7 @@ def reconcile_task(cfg: AppConfig) -> str | None:
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
 def train_task(prepared: PreparedData, cfg: AppConfig) -> TrainResultLike:
-    from src.training import train_model
+    from src.training.train import train_model
 
     logger = get_run_logger()
     result: TrainResultLike = train_model(prepared, cfg, notify=logger.log)
