@@ -62,3 +62,12 @@ def data_lock(cfg: AppConfig) -> AbstractContextManager[None]:
     # data/ belongs to one checkout, and so does outputs/: the lock lives there.
     path = cfg.paths.outputs / "locks" / "data.lock"
     return serialised(DATA_LIMIT, path, cfg.flow.lock_timeout_s, "a swap of data/")
+
+
+def flow_actor() -> str:
+    """Who changes Production from a flow, for the Production history: ``flow run <name> (<id>)``."""
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        return f"flow run {flow_run.name} ({flow_run.id})"
+    return registry.default_actor()

@@ -19,8 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.locks import promotion_lock
-from flows.training_tasks import flow_actor
+from flows.locks import flow_actor, promotion_lock
 from src import registry
 from src.config import load_config
 

@@ -1,46 +1,51 @@
 """Prefect tasks for the model half of the train-flow: train → evaluate → register → gate → promote.
 
-The work is done by plain functions in ``src/`` (training, evaluation, :mod:`src.gate`,
-:mod:`src.registry`); these tasks add logging, Prefect artifacts and the MLflow bookkeeping that
-ties the steps together. None of them retries: a failed training run, a failed evaluation or a
-refused promotion is not transient, and retrying would only hide it (the registry steps are
-repaired by ``reconcile_production`` at the start of the next run instead).
+The work is done by plain functions in ``src/`` (training, evaluation, :mod:`src.promotion`,
+:mod:`src.gate`, :mod:`src.registry`); these tasks add the lock, logging and Prefect artifacts.
+None of them retries: a failed training run, a failed evaluation or a refused promotion is not
+transient, and retrying would only hide it (the registry steps are repaired by
+``reconcile_production`` at the start of the next run instead).
 
 Concurrent runs: reconcile and promotion hold :func:`flows.locks.promotion_lock`; the promotion
 is a compare-and-swap against the Production version the gate compared with, and when another
-run promoted in between, the candidate is gated again against the new Production first.
+run promoted in between, the candidate is gated again against the new Production first
+(:func:`src.promotion.promote_gated`).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 import mlflow
 import numpy as np
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.locks import promotion_lock
+from flows.locks import flow_actor, promotion_lock
 from flows.monitoring_tasks import describe_version
 from src import registry
 from src.config import AppConfig
 from src.data.split import PreparedData
-from src.gate import GateDecision, evaluate_gate
-
-# Where the candidate's predictions on the test split are kept in its MLflow run, so a later
-# challenger on the same split hash can be compared with it without re-scoring.
-PREDICTIONS_ARTIFACT = "gate/test_predictions.npy"
+from src.gate import GateDecision
+from src.promotion import (
+    Evaluation,
+    GateOutcome,
+    decide,
+    load_test_labels,
+    promote_gated,
+    score_model,
+    store_test_predictions,
+)
 
 
 class TrainResultLike(Protocol):
-    """What training hands over (``src.training.TrainResult``)."""
+    """What training hands over (``src.training.train.TrainResult``)."""
 
     @property
     def run_id(self) -> str: ...
@@ -50,55 +55,10 @@ class TrainResultLike(Protocol):
     def metrics(self) -> dict[str, float]: ...
 
 
-@dataclass
-class Evaluation:
-    """The logged (to-be-served) model scored on the test split."""
-
-    accuracy: float
-    macro_f1: float
-    per_class_f1: dict[str, float]
-    n_test: int
-    predictions_path: Path
-    metrics_table: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class GateOutcome:
-    decision: GateDecision
-    champion_version: str | None
-    champion_source: str | None
-
-
 def _use_tracking(cfg: AppConfig) -> None:
     # models:/ URIs and MLflow's fluent calls go through MLflow's global tracking/registry URI.
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
-
-
-def score_model(
-    client: Any, run_id: str | None, dataset_path: Path
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Score run ``run_id``'s ONNX model, the file the API serves, on the whole test split, in
-    ONNX Runtime as the API runs it (nothing from the artifact store is unpickled).
-
-    Returns (metrics, predicted class ids); metrics: accuracy, macro_f1, per_class_f1 by name.
-    """
-    from src.evaluate import evaluate_classifier
-    from src.model_io import load_served_classifier
-
-    classifier = load_served_classifier(client, run_id)
-    result = evaluate_classifier(classifier, dataset_path, split="test")
-    metrics = {
-        "accuracy": float(result.accuracy),
-        "macro_f1": float(result.macro_f1),
-        "per_class_f1": {name: float(value) for name, value in result.per_class_f1.items()},
-    }
-    return metrics, np.asarray(result.predictions, dtype=np.int64)
-
-
-def load_test_labels(dataset_path: Path) -> np.ndarray:
-    with np.load(dataset_path) as data:
-        return np.asarray(data["y_test"], dtype=np.int64)
 
 
 @task(name="reconcile-registry", cache_policy=NO_CACHE, persist_result=False)
@@ -118,7 +78,7 @@ def reconcile_task(cfg: AppConfig) -> str | None:
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
 def train_task(prepared: PreparedData, cfg: AppConfig) -> TrainResultLike:
-    from src.training import train_model
+    from src.training.train import train_model
 
     logger = get_run_logger()
     result: TrainResultLike = train_model(prepared, cfg, notify=logger.log)
@@ -212,73 +172,8 @@ def register_task(
     return str(mv.version)
 
 
-def store_test_predictions(client: Any, run_id: str, predictions: np.ndarray) -> None:
-    """Keep a model's test-split predictions in its run (``gate/test_predictions.npy``)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
-        np.save(staged, np.asarray(predictions, dtype=np.int64))
-        client.log_artifact(run_id, str(staged), str(Path(PREDICTIONS_ARTIFACT).parent))
-
-
-def champion_predictions(
-    client: Any,
-    champion: ModelVersion,
-    prepared: PreparedData,
-    n_test: int,
-) -> tuple[np.ndarray, str]:
-    """Production's predictions on the candidate's test split: reused from its run only when it
-    was scored on the same data (md5) *and* the same split (hash), otherwise re-scored from the
-    registry. The split hash alone does not do: a pixel-only data fix keeps it."""
-    same_data = champion.tags.get("data_md5") == prepared.data_md5
-    if same_data and champion.tags.get("split_hash") == prepared.split_hash and champion.run_id:
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = client.download_artifacts(champion.run_id, PREDICTIONS_ARTIFACT, tmp)
-                stored = np.load(local)
-            if len(stored) == n_test:
-                return stored.astype(np.int64), "stored predictions (same data md5 and split hash)"
-        except (MlflowException, OSError, ValueError):
-            pass
-    try:
-        _, predictions = score_model(client, champion.run_id, prepared.dataset_path)
-    except ValueError as exc:
-        raise ValueError(f"Production v{champion.version} cannot be re-scored: {exc}") from exc
-    return predictions, "re-scored on this run's test split"
-
-
-def decide(
-    client: Any,
-    prepared: PreparedData,
-    evaluation: Evaluation,
-    candidate_version: str,
-    cfg: AppConfig,
-    champion: ModelVersion | None,
-) -> GateOutcome:
-    """Floors, then the comparison with ``champion`` (Production) on the same test split."""
-    y_true = load_test_labels(prepared.dataset_path)
-    candidate = np.load(evaluation.predictions_path)
-    champion_pred: np.ndarray | None = None
-    champion_version = champion_source = None
-    if champion is not None and str(champion.version) != candidate_version:
-        champion_version = str(champion.version)
-        champion_pred, champion_source = champion_predictions(
-            client, champion, prepared, len(y_true)
-        )
-        get_run_logger().info("Production v%s: %s", champion_version, champion_source)
-    decision = evaluate_gate(
-        y_true, candidate, cfg.gate, champion_pred=champion_pred, champion_version=champion_version
-    )
-    decision.details.update(
-        candidate_version=candidate_version,
-        champion_predictions=champion_source,
-        split_hash=prepared.split_hash,
-        data_md5=prepared.data_md5,
-    )
-    return GateOutcome(decision, champion_version, champion_source)
-
-
 def publish_gate(
-    client: Any, run_id: str, outcome: GateOutcome, cfg: AppConfig, version: str
+    client: MlflowClient, run_id: str, outcome: GateOutcome, cfg: AppConfig, version: str
 ) -> None:
     """The decision as ``gate/decision.json`` in the run and a Prefect artifact."""
     decision = outcome.decision
@@ -290,6 +185,23 @@ def publish_gate(
     )
     logger = get_run_logger()
     (logger.info if decision.passed else logger.warning)("Gate %s", decision.summary())
+
+
+def gate(
+    client: MlflowClient,
+    prepared: PreparedData,
+    evaluation: Evaluation,
+    candidate_version: str,
+    cfg: AppConfig,
+    champion: ModelVersion | None,
+) -> GateOutcome:
+    """:func:`src.promotion.decide`, logging where the champion's answers came from."""
+    outcome = decide(client, prepared, evaluation, candidate_version, cfg.gate, champion)
+    if outcome.champion_version is not None:
+        get_run_logger().info(
+            "Production v%s: %s", outcome.champion_version, outcome.champion_source
+        )
+    return outcome
 
 
 @task(name="gate", cache_policy=NO_CACHE, persist_result=False)
@@ -304,18 +216,9 @@ def gate_task(
     _use_tracking(cfg)
     client = registry.get_client(cfg.tracking_uri)
     champion = registry.current_production(client, cfg.mlflow.registered_model_name)
-    outcome = decide(client, prepared, evaluation, candidate_version, cfg, champion)
+    outcome = gate(client, prepared, evaluation, candidate_version, cfg, champion)
     publish_gate(client, trained.run_id, outcome, cfg, candidate_version)
     return outcome
-
-
-def flow_actor() -> str:
-    """Who changes Production from a flow: ``flow run <name> (<id>)``."""
-    from prefect.runtime import flow_run
-
-    if flow_run.id:
-        return f"flow run {flow_run.name} ({flow_run.id})"
-    return registry.default_actor()
 
 
 @task(name="promote", cache_policy=NO_CACHE, persist_result=False)
@@ -327,47 +230,46 @@ def promote_task(
     outcome: GateOutcome,
     cfg: AppConfig,
 ) -> dict[str, Any]:
-    """Tag the verdict on the version; a passing one becomes Production (alias + stage).
-
-    Holding the promotion lock, Production is read again: when it is no longer the version the
-    gate compared with (another run promoted meanwhile), the candidate is gated again against
-    the new Production, so every promotion is decided against the version it replaces."""
+    """Tag the verdict on the version; a passing one becomes Production (alias + stage), under
+    the promotion lock and re-gated when Production moved since the gate
+    (:func:`src.promotion.promote_gated`)."""
     name = cfg.mlflow.registered_model_name
     client = registry.get_client(cfg.tracking_uri)
-    regated = False
+
+    def publish_regate(moved_from: str | None, regated: GateOutcome) -> None:
+        logger = get_run_logger()
+        logger.warning(
+            "Production moved from v%s to v%s since the gate; gated v%s again against it",
+            moved_from or "-",
+            regated.champion_version or "-",
+            candidate_version,
+        )
+        if regated.champion_version is not None:
+            logger.info("Production v%s: %s", regated.champion_version, regated.champion_source)
+        publish_gate(client, trained.run_id, regated, cfg, candidate_version)
+        # The model card states the gate's verdict: rewrite it before the version can serve.
+        describe_version(prepared, trained, evaluation, candidate_version, regated, cfg)
+
+    _use_tracking(cfg)  # a re-gate re-scores Production through MLflow's global URIs
     with promotion_lock(cfg):
-        now = registry.current_production(client, name)
-        if (str(now.version) if now is not None else None) != outcome.champion_version:
-            get_run_logger().warning(
-                "Production moved from v%s to v%s since the gate; gating v%s again against it",
-                outcome.champion_version or "-",
-                now.version if now is not None else "-",
-                candidate_version,
-            )
-            _use_tracking(cfg)
-            outcome = decide(client, prepared, evaluation, candidate_version, cfg, now)
-            publish_gate(client, trained.run_id, outcome, cfg, candidate_version)
-            # The model card states the gate's verdict: rewrite it before the version can serve.
-            describe_version(prepared, trained, evaluation, candidate_version, outcome, cfg)
-            regated = True
-        result = registry.promote_candidate(
+        promotion = promote_gated(
             client,
             name,
+            prepared,
+            evaluation,
             candidate_version,
-            passed=outcome.decision.passed,
-            reasons=outcome.decision.reasons,
-            details=outcome.decision.details,
-            expected_production=outcome.champion_version,
-            check_expected=True,
+            outcome,
+            cfg.gate,
             actor=flow_actor(),
+            on_regate=publish_regate,
         )
-    _publish_promotion(result, name)
+    _publish_promotion(promotion.result, name)
     return {
-        **asdict(result),
-        "regated": regated,
-        "champion_version": outcome.champion_version,
-        "gate_passed": outcome.decision.passed,
-        "gate_reasons": outcome.decision.reasons,
+        **asdict(promotion.result),
+        "regated": promotion.regated,
+        "champion_version": promotion.outcome.champion_version,
+        "gate_passed": promotion.outcome.decision.passed,
+        "gate_reasons": promotion.outcome.decision.reasons,
     }
 
 

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from src.data.split import load_split
 from src.metrics import score_predictions
 from src.model_io import LoadedClassifier
 from src.preprocessing import normalize
-from src.training.data import load_split
 
 
 @dataclass

@@ -28,6 +28,29 @@ DATASET_FILE = "splits.npz"
 META_FILE = "split.json"
 
 
+class DatasetFileError(ValueError):
+    """The prepared dataset file is missing or lacks the expected arrays."""
+
+
+def load_split(path: Path | str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return (uint8 images N×28×28, int64 labels N) of ``split`` from the prepared ``.npz``."""
+    path = Path(path)
+    if split not in PARTS:
+        raise DatasetFileError(f"Unknown split {split!r}; choose one of {list(PARTS)}.")
+    if not path.is_file():
+        raise DatasetFileError(
+            f"Prepared dataset {path} not found; run the data flow (make train) or pass --dataset."
+        )
+    with np.load(path) as data:
+        keys = (f"x_{split}", f"y_{split}")
+        missing = [key for key in keys if key not in data.files]
+        if missing:
+            raise DatasetFileError(
+                f"{path} lacks {missing}; regenerate it with the data flow (prepare_splits)."
+            )
+        return np.asarray(data[keys[0]], dtype=np.uint8), np.asarray(data[keys[1]], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class PreparedData:
     """What training receives: the split ``.npz`` plus the hashes it records."""

@@ -1,24 +1,22 @@
-"""The API side of monitoring, installed into the app with ONE call (:func:`install_monitoring`).
+"""What the API records for monitoring: a plain library, no web framework.
 
-It gives each answer a ``prediction_id`` and a ``low_confidence`` flag, queues the answer for the
-prediction log (:mod:`src.monitoring.writer`), adds ``POST /feedback`` and ``GET /model/card``
-(:mod:`src.serving.monitoring_routes`), and adds the log's and the last drift decision's gauges to
-``/metrics``. No MLflow or Prefect import: the threshold and the model card arrive as version tags
-with the model the API already loads.
+:class:`PredictionMonitor` gives each answer a ``prediction_id`` and a ``low_confidence`` flag
+and queues the answer for the prediction log (:mod:`src.monitoring.writer`, built by
+:func:`build_writer`); :class:`MonitoringCollector` gives the log's and the last drift decision's
+gauges. The app (:mod:`src.serving.app`) starts and stops the writer and serves the routes. No
+MLflow or Prefect import: the threshold arrives as a version tag with the model the API loads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from src.config import AppConfig
 from src.monitoring.inputs import InputInfo
@@ -178,38 +176,3 @@ def build_writer(cfg: AppConfig) -> PredictionLogWriter | None:
         retention_max_rows=monitor.retention_max_rows,
         stats_interval_s=monitor.stats_interval_s,
     )
-
-
-def install_monitoring(
-    app: Any,
-    cfg: AppConfig,
-    *,
-    registry: CollectorRegistry,
-    current_model: Callable[[], ServedModel | None],
-    require_api_key: Callable[..., Any],
-) -> PredictionMonitor:
-    """Wire monitoring into a FastAPI ``app``: the writer runs for the app's lifetime, the routes
-    and gauges are added. Returns the monitor whose :meth:`~PredictionMonitor.record` the predict
-    handlers call."""
-    from src.serving.monitoring_routes import monitoring_router
-
-    monitor = PredictionMonitor(cfg, build_writer(cfg))
-    registry.register(MonitoringCollector(monitor))
-    app.include_router(monitoring_router(monitor, current_model, require_api_key))
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(application: Any) -> AsyncIterator[Any]:
-        if monitor.writer is not None:
-            monitor.writer.start()
-        try:
-            async with inner(application) as state:
-                yield state
-        finally:
-            if monitor.writer is not None:
-                with contextlib.suppress(Exception):
-                    monitor.writer.close()
-
-    app.router.lifespan_context = lifespan
-    app.state.monitor = monitor
-    return monitor

@@ -35,9 +35,9 @@ def validation_profile(
 ) -> ReferenceProfile:
     """Score run ``run_id``'s served model (its ONNX file, in ONNX Runtime: nothing unpickled)
     on the validation split and profile it."""
+    from src.data.split import load_split
     from src.model_io import load_served_classifier
     from src.preprocessing import normalize_array
-    from src.training.data import load_split
 
     images, labels = load_split(dataset_path, "val")
     classifier = load_served_classifier(client, run_id)

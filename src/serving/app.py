@@ -9,20 +9,20 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from src.config import AppConfig, ServeConfig, load_config
-from src.monitoring.service import install_monitoring
+from src.monitoring.service import MonitoringCollector, PredictionMonitor, build_writer
 from src.package import STATIC_DIR, package_version
 from src.preprocessing import ALLOWED_FORMATS
 from src.serving.batching import Forwarder, MicroBatcher
-from src.serving.deps import ServingContext, require_api_key
+from src.serving.deps import ServingContext
 from src.serving.errors import install_error_handlers
 from src.serving.inference import ImageLimits
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
@@ -34,23 +34,33 @@ from src.serving.observability import (
     StoreGauges,
     configure_logging,
 )
-from src.serving.routes import prediction_router, router
+from src.serving.routers import (
+    SMALL_BODY_LIMIT,
+    body_limits_of,
+    feedback,
+    health,
+    model,
+    predictions,
+    web,
+)
 from src.serving.workers import worker_cores
 
-MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around one image
-SMALL_BODY_LIMIT = 64 * 1024  # every other endpoint takes no body
+# Every resource's router, in the order the OpenAPI schema lists them.
+ROUTERS: tuple[Callable[[AppConfig], APIRouter], ...] = (
+    feedback.build_router,
+    predictions.build_router,
+    model.build_router,
+    health.build_router,
+    web.build_router,
+)
 
 
-def body_limits(serve: ServeConfig) -> TransportLimits:
-    def limit_for(path: str) -> int:
-        if path == "/predict/batch":
-            return serve.max_batch_bytes
-        if path == "/predict":
-            return serve.max_image_bytes + MULTIPART_OVERHEAD
-        return SMALL_BODY_LIMIT
-
+def transport_limits(serve: ServeConfig, routers: list[APIRouter]) -> TransportLimits:
+    """The limits middleware's settings: each route's own body limit (see
+    :mod:`src.serving.routers`), the small one for paths no route serves."""
+    by_path = body_limits_of(routers)
     return TransportLimits(
-        limit_for=limit_for,
+        limit_for=lambda path: by_path.get(path, SMALL_BODY_LIMIT),
         budget=InflightBudget(serve.max_inflight_bytes),
         max_header_bytes=serve.max_header_bytes,
         body_timeout_s=serve.body_timeout_s,
@@ -74,7 +84,7 @@ def build_forwarder(serve: ServeConfig, metrics: ServingMetrics) -> Forwarder:
     """Direct forwards: at most the worker's share of the cores at once (one thread each)."""
     return Forwarder(
         serve.micro_batch,
-        None,  # the batcher thread starts with the app (lifespan_for)
+        None,  # the batcher thread starts with the app (serve_from_registry)
         direct_slots=max(1, worker_cores(serve) // serve.inference_threads),
         on_forward=lambda kind, n: metrics.batch_size.labels(kind=kind).observe(n),
     )
@@ -138,6 +148,10 @@ def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
     )
     metrics.watch_reloads(store)
     metrics.watch_store(lambda: store_gauges(store))
+    monitor = PredictionMonitor(cfg, build_writer(cfg))
+    metrics.share_per_worker(
+        MonitoringCollector(monitor), summed_gauges=frozenset({"prediction_log_queue_depth"})
+    )
     slots = serve.inference_concurrency or worker_cores(serve)
     image_limits = ImageLimits(
         formats=ALLOWED_FORMATS,
@@ -156,6 +170,7 @@ def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
         api_key=serve.api_key.encode("utf-8") if serve.api_key is not None else None,
         forwarder=forwarder,
         inline_limits=inline_limits(serve, image_limits),
+        monitor=monitor,
     )
 
 
@@ -189,46 +204,68 @@ async def refresh_metrics(ctx: ServingContext, every_s: float = 1.0) -> None:
         await asyncio.sleep(every_s)
 
 
-def lifespan_for(ctx: ServingContext, *, private_workdir: bool = False):  # type: ignore[no-untyped-def]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def lifespan_for(ctx: ServingContext, *, private_workdir: bool = False) -> Lifespan:
+    """The app's one lifespan: the prediction-log writer and the registry poller run while the
+    app does, and both are stopped after it."""
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        serve = ctx.cfg.serve
-        configure_logging(serve.json_logs, serve.log_level)
-        workdir = private_working_folder() if private_workdir else contextlib.nullcontext()
-        with workdir:
-            ctx.logger.info(
-                "starting",
-                extra={
-                    "fields": {
-                        "model": ctx.cfg.mlflow.registered_model_name,
-                        "tracking_uri": ctx.store.safe_uri,
-                        "poll_interval_s": serve.poll_interval_s,
-                        "api_key": serve.api_key is not None,
-                        "inference_threads": serve.inference_threads,
-                        "slots": ctx.single_slots.total_tokens,
-                        "workers": serve.workers or 1,
-                        "micro_batch": serve.micro_batch,
-                        "working_folder": os.getcwd(),
-                    }
-                },
-            )
-            # Load in the background: /health answers at once, /ready once the model is in.
-            poller = asyncio.create_task(ctx.store.run(), name="registry-poller")
-            refresher = asyncio.create_task(refresh_metrics(ctx), name="metrics-refresh")
-            batcher = start_batcher(ctx)
-            try:
+        writer = ctx.monitor.writer if ctx.monitor is not None else None
+        if writer is not None:
+            writer.start()
+        try:
+            async with serve_from_registry(ctx, private_workdir=private_workdir):
                 yield
-            finally:
-                for task in (poller, refresher):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                if batcher is not None:
-                    batcher.close()
-                ctx.metrics.worker_stopped()
-                ctx.logger.info("stopped")
+        finally:
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
 
     return lifespan
+
+
+@asynccontextmanager
+async def serve_from_registry(ctx: ServingContext, *, private_workdir: bool) -> AsyncIterator[None]:
+    """Logging configured, the working folder chosen and the registry poller running, while
+    the ``async with`` body runs."""
+    serve = ctx.cfg.serve
+    configure_logging(serve.json_logs, serve.log_level)
+    workdir = private_working_folder() if private_workdir else contextlib.nullcontext()
+    with workdir:
+        ctx.logger.info(
+            "starting",
+            extra={
+                "fields": {
+                    "model": ctx.cfg.mlflow.registered_model_name,
+                    "tracking_uri": ctx.store.safe_uri,
+                    "poll_interval_s": serve.poll_interval_s,
+                    "api_key": serve.api_key is not None,
+                    "inference_threads": serve.inference_threads,
+                    "slots": ctx.single_slots.total_tokens,
+                    "workers": serve.workers or 1,
+                    "micro_batch": serve.micro_batch,
+                    "working_folder": os.getcwd(),
+                }
+            },
+        )
+        # Load in the background: /health answers at once, /ready once the model is in.
+        poller = asyncio.create_task(ctx.store.run(), name="registry-poller")
+        refresher = asyncio.create_task(refresh_metrics(ctx), name="metrics-refresh")
+        batcher = start_batcher(ctx)
+        try:
+            yield
+        finally:
+            for task in (poller, refresher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if batcher is not None:
+                batcher.close()
+            ctx.metrics.worker_stopped()
+            ctx.logger.info("stopped")
 
 
 def create_app(cfg: AppConfig | None = None, *, private_workdir: bool = False) -> FastAPI:
@@ -245,25 +282,17 @@ def create_app(cfg: AppConfig | None = None, *, private_workdir: bool = False) -
         lifespan=lifespan_for(ctx, private_workdir=private_workdir),
     )
     app.state.serving = ctx
-    app.state.config = cfg
-    app.state.store = ctx.store
-    app.state.metrics = metrics
     install_error_handlers(app, ctx.logger)
-    # Prediction log, /feedback, /model/card and the monitoring gauges (src/monitoring).
-    ctx.monitor = install_monitoring(
-        app,
-        cfg,
-        registry=metrics.live,
-        current_model=lambda: ctx.store.current,
-        require_api_key=require_api_key,
-    )
-    app.include_router(prediction_router(cfg.serve))
-    app.include_router(router)
+    routers = [build_router(cfg) for build_router in ROUTERS]
+    for router in routers:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Added first = inner: the limits run inside the metrics/logging middleware, so rejected
     # requests are counted and logged too.
-    app.add_middleware(RequestLimitsMiddleware, limits=body_limits(cfg.serve))
-    known_paths = frozenset(str(getattr(route, "path", "")) for route in app.routes)
+    app.add_middleware(RequestLimitsMiddleware, limits=transport_limits(cfg.serve, routers))
+    # Requests turned away before routing keep their path as a label when a route serves it.
+    app_paths = {str(getattr(route, "path", "")) for route in app.routes} - {""}
+    known_paths = frozenset(app_paths | body_limits_of(routers).keys())
     app.add_middleware(
         ObservabilityMiddleware, metrics=metrics, logger=ctx.logger, known_paths=known_paths
     )

@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOGGER_NAME = "clothing_classifier.serving"
@@ -79,6 +80,7 @@ class ServingMetrics:
         self._define_request_metrics()
         self._define_model_metrics()
         self._reload_sources: tuple[Callable[[], float], Callable[[], bool]] | None = None
+        self._shared: list[WorkerFamilies] = []
         ProcessCollector(registry=self.live)
         PlatformCollector(registry=self.live)
 
@@ -187,6 +189,18 @@ class ServingMetrics:
         self._reload_sources = (store.check_running_s, lambda: store.stuck_reload() is not None)
         store.on_stuck = lambda _message: self.reload_timeouts.inc()
 
+    def share_per_worker(
+        self, collector: Collector, summed_gauges: frozenset[str] = frozenset()
+    ) -> None:
+        """Export a collector whose values each worker counts on its own (the prediction log's
+        counters): read by the scraped process alone, or, with several workers, copied into
+        shared metrics at every :meth:`refresh` so /metrics adds the workers up (counters, and
+        the gauges named in ``summed_gauges``; other gauges: the highest over the workers)."""
+        if self.multiprocess:
+            self._shared.append(WorkerFamilies(collector, self.registry, summed_gauges))
+        else:
+            self.live.register(collector)
+
     def watch_store(self, status: Callable[[], StoreGauges]) -> None:
         """Export what the model store knows about the registry at every scrape."""
         self.live.register(_StoreCollector(status))
@@ -198,6 +212,8 @@ class ServingMetrics:
             self.reload_running.set(running())
             self.reload_stuck.set(float(stuck()))
         self.worker_memory.set(resident_memory_bytes())
+        for families in self._shared:
+            families.copy()
 
     def exposition(self) -> bytes:
         """The ``/metrics`` body: the whole service's values, then the live collectors."""
@@ -227,6 +243,48 @@ class ServingMetrics:
         self.model_ready.set(1)
         self.model_loaded_timestamp.set(time.time())
         self.model_reloads.inc()
+
+
+class WorkerFamilies:
+    """Copies one worker's collector into shared metrics: counters by their increase since the
+    last copy (so they add up over workers and outlive a stopped one), gauges as the sum over
+    the live workers (``summed``) or their highest value."""
+
+    def __init__(
+        self, collector: Collector, registry: CollectorRegistry, summed: frozenset[str]
+    ) -> None:
+        self.collector = collector
+        self.registry = registry
+        self.summed = summed
+        self._counters: dict[str, tuple[Counter, float]] = {}
+        self._gauges: dict[str, Gauge] = {}
+
+    def copy(self) -> None:
+        for family in self.collector.collect():
+            value = family.samples[0].value if family.samples else 0.0
+            if family.type == "counter":
+                self._add(family, value)
+            elif family.type == "gauge":
+                self._gauge(family).set(value)
+
+    def _add(self, family: Metric, value: float) -> None:
+        counter, seen = self._counters.get(family.name) or (
+            Counter(family.name, family.documentation, registry=self.registry),
+            0.0,
+        )
+        if value > seen:
+            counter.inc(value - seen)
+        self._counters[family.name] = (counter, max(seen, value))
+
+    def _gauge(self, family: Metric) -> Gauge:
+        if family.name not in self._gauges:
+            self._gauges[family.name] = Gauge(
+                family.name,
+                family.documentation,
+                registry=self.registry,
+                multiprocess_mode="livesum",
+            )
+        return self._gauges[family.name]
 
 
 def resident_memory_bytes() -> float:

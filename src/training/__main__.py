@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from src.config import ConfigError, load_config
     from src.data.split import PreparedData
-    from src.training import train_model
+    from src.training.train import train_model
 
     dataset = Path(args.dataset)
     if not dataset.is_file():

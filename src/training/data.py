@@ -17,32 +17,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from src.data.split import PARTS, load_split
 from src.preprocessing import normalize
-
-SPLITS = ("train", "val", "test")
-
-
-class DatasetFileError(ValueError):
-    """The prepared dataset file is missing or lacks the expected arrays."""
-
-
-def load_split(path: Path | str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return (uint8 images N×28×28, int64 labels N) of ``split`` from the prepared ``.npz``."""
-    path = Path(path)
-    if split not in SPLITS:
-        raise DatasetFileError(f"Unknown split {split!r}; choose one of {list(SPLITS)}.")
-    if not path.is_file():
-        raise DatasetFileError(
-            f"Prepared dataset {path} not found; run the data flow (make train) or pass --dataset."
-        )
-    with np.load(path) as data:
-        keys = (f"x_{split}", f"y_{split}")
-        missing = [key for key in keys if key not in data.files]
-        if missing:
-            raise DatasetFileError(
-                f"{path} lacks {missing}; regenerate it with the data flow (prepare_splits)."
-            )
-        return np.asarray(data[keys[0]], dtype=np.uint8), np.asarray(data[keys[1]], dtype=np.int64)
 
 
 class BatchTensorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -106,7 +82,7 @@ class FashionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        for split in SPLITS:
+        for split in PARTS:
             images, labels = load_split(self.dataset_path, split)
             limit = self.limit_train_samples if split == "train" else self.limit_eval_samples
             if split != "test":  # the test split is always used whole (the gate compares on it)

@@ -36,13 +36,13 @@ from torch import Tensor
 
 from src.config import AppConfig
 from src.config.train import TrainConfig
-from src.data.split import PreparedData
+from src.data.split import PreparedData, load_split
 from src.evaluate import EvalResult, evaluate_classifier
 from src.labels import CLASS_NAMES
 from src.model import build_model, describe_model
 from src.model_io import LoadedClassifier, log_classifier, log_onnx
 from src.preprocessing import normalize
-from src.training.data import FashionDataModule, load_split
+from src.training.data import FashionDataModule
 from src.training.hardware import HardwarePlan, budget_warning, plan_hardware, resolve_strategy
 from src.training.module import LitClassifier
 from src.training.report import plot_confusion_matrix, plot_learning_curves, plot_misclassified

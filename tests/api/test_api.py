@@ -410,7 +410,7 @@ def test_unreachable_registry_is_retried_without_dying(registry: Registry, tmp_p
             )
         )
         assert response.json()["status"] == "not_ready"
-        wait_until(lambda: app.state.store.status.attempts >= 2)  # kept retrying
+        wait_until(lambda: app.state.serving.store.status.attempts >= 2)  # kept retrying
         assert client.get("/health").status_code == 200
 
 

@@ -31,7 +31,7 @@ def api_schema(model_sources: ModelSources) -> Iterator[Any]:
     # Small limits so that generated bodies also exercise the 413 paths.
     app = create_app(make_config(uri, registry.name, max_batch_files=8, max_image_bytes=50_000))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the lifespan
-    wait_until(lambda: app.state.store.ready)
+    wait_until(lambda: app.state.serving.store.ready)
     yield schema
     asgi.shutdown_lifespans()  # stop the poller, restore torch threads / PIL limits
 

@@ -10,11 +10,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
-from src.model_io import log_classifier, log_onnx
 from tests.helpers.api import free_port
 from tests.helpers.flows import (
     BIN,
@@ -23,27 +20,15 @@ from tests.helpers.flows import (
     PrefectServer,
     TinySources,
     TinyStore,
-    tiny_model,
+    open_tiny_store,
 )
 
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStore]:
     """A sqlite MLflow store in a temp dir holding one logged tiny model."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        experiment_id = mlflow.create_experiment(
-            "registry-tests", artifact_location=(root / "artifacts").as_uri()
-        )
-        with mlflow.start_run(experiment_id=experiment_id) as run:
-            info = log_classifier(tiny_model())
-            log_onnx(MlflowClient(uri), run.info.run_id, tiny_model())  # the served form
-        yield TinyStore(uri, experiment_id, info.model_uri, run.info.run_id)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with open_tiny_store(tmp_path_factory.mktemp("mlflow")) as store:
+        yield store
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,10 @@ import pytest
 
 import flows.data_flow as data_flow_module
 from flows.train_flow import TrainFlowParams, train_flow
-from flows.training_tasks import score_model, store_test_predictions
 from src import registry
 from src.data.sources import TransientDownloadError
 from src.model_io import log_classifier, log_onnx
+from src.promotion import score_model, store_test_predictions
 from tests.flows.fakes import Constant, Memorizer
 from tests.helpers.flows import (
     TinySources,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,29 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
         torch.nn.Flatten(),
         torch.nn.Linear(28 * 28, len(CLASS_NAMES)),
     ).eval()
+
+
+@contextmanager
+def open_tiny_store(root: Path) -> Iterator[TinyStore]:
+    """A sqlite MLflow store under ``root`` holding one logged tiny model (and its ONNX form)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from src.model_io import log_classifier, log_onnx
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment_id = mlflow.create_experiment(
+            "registry-tests", artifact_location=(root / "artifacts").as_uri()
+        )
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            info = log_classifier(tiny_model())
+            log_onnx(MlflowClient(uri), run.info.run_id, tiny_model())  # the served form
+        yield TinyStore(uri, experiment_id, info.model_uri, run.info.run_id)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 # --- a real Prefect server on 127.0.0.1 for the flow and deployment tests -----------------------

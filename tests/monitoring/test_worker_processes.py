@@ -109,6 +109,10 @@ def check_one_service(tmp_path: Path, registry: Registry, store_url: str, **env:
         for _ in range(4):
             assert metric_total(server.url, "predictions_total") == REQUESTS
         assert len(worker_series(server)) == 2
+        # The log writers' own counts add up too (each worker copies them in every second).
+        wait_until(
+            lambda: metric_total(server.url, "prediction_log_records_written_total") == REQUESTS
+        )
     finally:
         stop_server(server)  # the workers flush their log queues as they stop
     assert len(answering_pids(server)) == 2, "both workers should have answered"

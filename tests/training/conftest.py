@@ -33,7 +33,7 @@ def tiny_npz(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) ->
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: Path) -> tuple[object, AppConfig]:
-    from src.training import train_model
+    from src.training.train import train_model
 
     root = tmp_path_factory.mktemp("project")
     cfg = tiny_config(root, ema_decay=0.9)  # also exercises the EMA callback path

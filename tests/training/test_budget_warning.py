@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from src.training import train_model
+from src.training.train import train_model
 from tests.helpers.training import tiny_config, tiny_prepared
 
 

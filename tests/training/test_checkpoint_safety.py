@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from src.evaluate import classifier_from_checkpoint
-from src.training import train_model
+from src.training.train import train_model
 from tests.helpers.training import tiny_config, tiny_prepared
 
 

@@ -14,7 +14,7 @@ from src.config import AppConfig
 from src.evaluate import evaluate_classifier, main, metric_key
 from src.labels import CLASS_NAMES
 from src.model_io import LoadedClassifier
-from src.training import TrainResult
+from src.training.train import TrainResult
 
 
 class _Oracle(torch.nn.Module):

@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from src.config import AppConfig
-from src.training import TrainResult, train_model
+from src.training.train import TrainResult, train_model
 from tests.helpers.training import tiny_config, tiny_prepared
 
 METRICS = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "epochs_completed")

@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from src.config import AppConfig
-from src.training import TrainResult, train_model
+from src.training.train import TrainResult, train_model
 from tests.helpers.training import tiny_config, tiny_prepared
 
 

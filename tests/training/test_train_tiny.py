@@ -14,7 +14,7 @@ import torch
 from src.config import AppConfig
 from src.labels import CLASS_NAMES
 from src.model_io import load_classifier
-from src.training import TrainResult
+from src.training.train import TrainResult
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from flows.training_tasks import champion_predictions, score_model
 from src import registry
 from src.data.split import PreparedData
 from src.evaluate import evaluate_classifier
 from src.model_io import load_classifier, log_classifier, log_onnx
 from src.monitoring import versioning
+from src.promotion import champion_predictions, score_model
 from tests.helpers.config import app_config
 from tests.helpers.flows import TinyStore
 
@@ -60,7 +60,10 @@ def _dataset(path: Path, n: int, seed: int) -> Path:
 
 
 def _register(tiny_store: TinyStore, module: torch.nn.Module, *, onnx: bool = True) -> Any:
+    # models:/ URIs resolve through the global registry URI, which an earlier flow test may have
+    # pointed at its own store.
     mlflow.set_tracking_uri(tiny_store.tracking_uri)
+    mlflow.set_registry_uri(tiny_store.tracking_uri)
     client = registry.get_client(tiny_store.tracking_uri)
     with mlflow.start_run(experiment_id=tiny_store.experiment_id) as run:
         info = log_classifier(module)

@@ -8,10 +8,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from flows.training_tasks import champion_predictions, score_model, store_test_predictions
 from src import registry
 from src.data.split import PreparedData
 from src.model_io import log_classifier, log_onnx
+from src.promotion import champion_predictions, score_model, store_test_predictions
 from tests.helpers.flows import TinyStore, tiny_model
 
 NAME = "champion-predictions"

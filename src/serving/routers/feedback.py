@@ -1,12 +1,10 @@
-"""``POST /feedback`` and ``GET /model/card``: the API's monitoring endpoints, in their own router
-(installed by :func:`src.monitoring.service.install_monitoring`)."""
+"""``POST /feedback``: the true garment for an earlier answer, matched in the prediction log
+(:mod:`src.monitoring.writer`) by its ``prediction_id``."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
@@ -14,12 +12,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from src.config import AppConfig
 from src.labels import CLASS_NAMES
-from src.monitoring.card import MODEL_CARD_TAG
+from src.monitoring.service import PredictionMonitor
+from src.serving.deps import require_api_key, serving_context
 from src.serving.rate_limit import ClientRateLimiter
-
-if TYPE_CHECKING:
-    from src.monitoring.service import PredictionMonitor, ServedModel
 
 PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -52,13 +49,9 @@ def class_id_of(label: str | int) -> int:
     )
 
 
-def monitoring_router(
-    monitor: PredictionMonitor,
-    current_model: Callable[[], ServedModel | None],
-    require_api_key: Callable[..., Any],
-) -> APIRouter:
+def build_router(cfg: AppConfig) -> APIRouter:
     router = APIRouter()
-    settings = monitor.cfg.monitor
+    settings = cfg.monitor
     limiter = ClientRateLimiter(
         settings.feedback_rate_per_minute, settings.feedback_burst, settings.feedback_max_clients
     )
@@ -80,8 +73,8 @@ def monitoring_router(
             class_id = class_id_of(body.label)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
-        writer = monitor.writer
-        if writer is None:
+        monitor = serving_context(request).monitor
+        if monitor is None or monitor.writer is None:
             raise HTTPException(
                 503,
                 "The prediction log is off (MONITOR_LOG_PREDICTIONS=false); feedback "
@@ -107,25 +100,6 @@ def monitoring_router(
             },
             status_code=202,
         )
-
-    @router.get(
-        "/model/card",
-        response_class=Response,
-        responses={200: {"content": {"text/markdown": {}}}, 404: {}, 503: {}},
-        summary="The served version's model card (markdown).",
-    )
-    async def model_card() -> Response:
-        model = current_model()
-        if model is None:
-            raise HTTPException(503, "No model is loaded yet; retry once /ready answers 200.")
-        card = model.tags.get(MODEL_CARD_TAG)
-        if not card:
-            raise HTTPException(
-                404,
-                f"Version {model.version} has no model card: cards are written by train-flow "
-                "for the versions it registers; promote a version trained with it.",
-            )
-        return Response(card, media_type="text/markdown; charset=utf-8")
 
     return router
 
