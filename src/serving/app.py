@@ -55,13 +55,19 @@ ROUTERS: tuple[Callable[[AppConfig], APIRouter], ...] = (
 )
 
 
+def worker_inflight_bytes(serve: ServeConfig) -> int:
+    """The workers share the service's body budget (each its part of ``max_inflight_bytes``),
+    but each can always hold one whole batch."""
+    return max(serve.max_inflight_bytes // max(1, serve.workers), serve.max_batch_bytes)
+
+
 def transport_limits(serve: ServeConfig, routers: list[APIRouter]) -> TransportLimits:
     """The limits middleware's settings: each route's own body limit (see
     :mod:`src.serving.routers`), the small one for paths no route serves."""
     by_path = body_limits_of(routers)
     return TransportLimits(
         limit_for=lambda path: by_path.get(path, SMALL_BODY_LIMIT),
-        budget=InflightBudget(serve.max_inflight_bytes),
+        budget=InflightBudget(worker_inflight_bytes(serve)),
         max_header_bytes=serve.max_header_bytes,
         body_timeout_s=serve.body_timeout_s,
     )
@@ -101,12 +107,6 @@ def start_batcher(ctx: ServingContext) -> MicroBatcher | None:
     )
     ctx.forwarder.batcher = batcher
     return batcher
-
-
-def single_slots(serve: ServeConfig) -> int:
-    """/predict requests decoding at once: enough to fill a micro-batch when it may batch."""
-    share = serve.inference_concurrency or worker_cores(serve)
-    return share if serve.micro_batch == "off" else max(share, serve.micro_batch_max)
 
 
 INLINE_MAX_PIXELS = 256 * 256  # decodes in well under a millisecond
@@ -165,7 +165,7 @@ def build_context(cfg: AppConfig, metrics: ServingMetrics) -> ServingContext:
         metrics=metrics,
         logger=logging.getLogger(LOGGER_NAME),
         image_limits=image_limits,
-        single_slots=anyio.CapacityLimiter(single_slots(serve)),
+        single_slots=anyio.CapacityLimiter(slots),
         batch_slots=anyio.CapacityLimiter(slots),
         api_key=serve.api_key.encode("utf-8") if serve.api_key is not None else None,
         forwarder=forwarder,

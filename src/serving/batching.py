@@ -86,8 +86,9 @@ class MicroBatcher:
             with self._condition:
                 if self._closed:
                     raise RuntimeError("the micro-batcher is stopped")
-                submitted = True
-                self._decoding -= 1
+                if not submitted:  # this request is no longer one being decoded
+                    submitted = True
+                    self._decoding -= 1
                 self._jobs.append(job)
                 self._condition.notify_all()
             return job.future
