@@ -19,6 +19,7 @@ from src.api import create_app
 from src.config import ConfigError, load_config
 from src.preprocessing import normalize
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
+from src.serving.workers import usable_cores
 from tests.helpers.api import (
     Registry,
     api_client_for,
@@ -33,8 +34,16 @@ GOOD_PNG = encode(sample_images(1)[0])
 KEY = "k3y-for-tests-0123456789abcdef"
 
 
-@pytest.fixture
-def client(registry: Registry) -> Iterator[TestClient]:
+# Both request paths: a lone process (forwards in worker threads) and a worker with one core
+# (`make serve`'s default: small images decoded and forwarded on the event loop).
+WORKER_SHAPES = {
+    "threads": {"workers": 0, "inference_concurrency": 2},
+    "one core": {"workers": usable_cores()},
+}
+
+
+@pytest.fixture(params=sorted(WORKER_SHAPES))
+def client(registry: Registry, request: pytest.FixtureRequest) -> Iterator[TestClient]:
     registry.add_production("varied")
     test_client = api_client_for(
         registry,
@@ -42,7 +51,10 @@ def client(registry: Registry) -> Iterator[TestClient]:
         max_batch_bytes=1_000_000,
         max_batch_files=4,
         max_image_pixels=300 * 300,
+        **WORKER_SHAPES[request.param],
     )
+    context = test_client.app.state.serving  # type: ignore[attr-defined]
+    assert (context.inline_limits is None) == (request.param == "threads")
     yield test_client
     test_client.__exit__(None, None, None)
 

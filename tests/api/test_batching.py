@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from src.serving.app import worker_inflight_bytes
 from src.serving.batching import MIN_SPEEDUP, Forwarder, MicroBatcher, batch_speedup
 from src.serving.workers import usable_cores, worker_cores
+from tests.helpers.api import Registry, api_client_for, encode, sample_images
 from tests.helpers.config import serve_config
 
 
@@ -130,3 +134,34 @@ def test_each_worker_takes_its_share_of_cores_and_of_the_body_budget() -> None:
     assert worker_inflight_bytes(two) == 128 << 20
     many = serve_config(workers=16, max_inflight_bytes=256 << 20, max_batch_bytes=64 << 20)
     assert worker_inflight_bytes(many) == 64 << 20  # always room for one whole batch
+
+
+def test_micro_batched_answers_match_single_ones_and_every_image_is_forwarded_once(
+    registry: Registry,
+) -> None:
+    registry.add_production("varied")
+    blobs = [encode(image) for image in sample_images(8, seed=3)]
+    alone = api_client_for(registry, micro_batch="off", workers=usable_cores())
+    try:
+        expected = [alone.post("/predict", files={"file": ("a.png", b)}).json() for b in blobs]
+    finally:
+        alone.__exit__(None, None, None)
+    client = api_client_for(registry, micro_batch="on", workers=usable_cores())
+    try:
+        assert client.get("/model").json()["micro_batching"] == "on"
+
+        def ask(index: int) -> tuple[int, dict[str, Any]]:
+            blob = blobs[index % len(blobs)]
+            answer = client.post("/predict", files={"file": ("a.png", blob)}).json()
+            return index % len(blobs), answer
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, range(64)))
+        metrics = client.get("/metrics").text
+    finally:
+        client.__exit__(None, None, None)
+    for index, answer in answers:
+        assert answer["label"] == expected[index]["label"]
+        assert abs(answer["confidence"] - expected[index]["confidence"]) < 1e-5
+    forwarded = re.search(r'^inference_batch_size_sum\{kind="single"\} (\S+)$', metrics, re.M)
+    assert forwarded is not None and float(forwarded.group(1)) == 64
