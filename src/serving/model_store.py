@@ -28,7 +28,12 @@ import numpy as np
 import yaml
 
 from src.labels import CLASS_NAMES, IMAGE_SIZE
-from src.onnx_model import ONNX_ARTIFACT, OnnxClassifier, load_onnx_classifier
+from src.onnx_model import (
+    ONNX_ARTIFACT,
+    OnnxClassifier,
+    load_onnx_classifier,
+    predict_within,
+)
 from src.serving.batching import batch_speedup
 from src.serving.redact import redact_text, redact_uri
 from src.serving.registry_reader import Deadline, RegistryReader, VersionRef, reader_for
@@ -68,6 +73,17 @@ class LoadedModel:
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return self.classifier.predict_proba(images)
+
+
+@dataclass(frozen=True)
+class BoundedForward:
+    """``classifier``'s forward, stopped (ModelLoadError) past ``limit_s``."""
+
+    classifier: OnnxClassifier
+    limit_s: float
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return predict_within(self.classifier, images, self.limit_s)
 
 
 @dataclass
@@ -218,7 +234,10 @@ class ModelStore:
             warmup_timeout_s=reader.deadline.timeout(self.warmup_timeout_s),
         )
         classifier.metadata = metadata
-        speedup = batch_speedup(classifier, self.batch_probe_size, (1, IMAGE_SIZE, IMAGE_SIZE))
+        # Timed like the warm-up: a graph whose time grows with the batch cannot hang the load.
+        limit_s = reader.deadline.timeout(self.warmup_timeout_s)
+        bounded = BoundedForward(classifier, limit_s)
+        speedup = batch_speedup(bounded, self.batch_probe_size, (1, IMAGE_SIZE, IMAGE_SIZE))
         # NaN and infinities (an MLflow server sends them) are no JSON: /model would fail on them.
         metrics = {k: float(v) for k, v in run.metrics.items() if math.isfinite(v)}
         for key in METRIC_TAGS:
