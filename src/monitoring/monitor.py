@@ -139,11 +139,12 @@ def log_to_mlflow(
                 "window_hours",
                 "min_predictions",
                 "alpha",
-                "min_effect",
-                "drift_share_threshold",
+                "drift_min_flagged",
                 "retrain_on_drift",
             }
         )
+        for name, test in cfg.monitor.drift_tests.items():
+            settings[f"{name}_min_effect"] = test.min_effect
         for key, value in settings.items():
             client.log_param(run_id, key, value)
         for key, value in decision.metrics().items():
