@@ -23,7 +23,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from src.config.train import TrainConfig
-from src.labels import IMAGE_SIZE, NUM_CLASSES
+from src.labels import NUM_CLASSES
+from src.preprocessing import IMAGE_SIZE
 
 # The normalised value of a black pixel (Fashion-MNIST's background), for translated TTA views.
 _BACKGROUND = (0.0 - 0.2860) / 0.3530

@@ -26,7 +26,7 @@ from scipy import stats
 
 from src.config.monitor import DriftTestConfig, MonitorConfig
 from src.labels import CLASS_NAMES
-from src.monitoring.profile import KS_TESTED_STATS, SAMPLED_STATS, ReferenceProfile
+from src.monitoring.reference_profile import KS_TESTED_STATS, SAMPLED_STATS, ReferenceProfile
 
 Status = Literal["ok", "not_enough_data", "identical_inputs"]
 

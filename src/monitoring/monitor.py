@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from src.config import AppConfig
+from src.errors import Refused
 from src.monitoring import drift
 from src.monitoring.drift import DriftDecision
-from src.monitoring.profile import PROFILE_ARTIFACT, ReferenceProfile
+from src.monitoring.reference_profile import PROFILE_ARTIFACT, ReferenceProfile
 from src.monitoring.store import PredictionStore, store_url
 
 
-class MonitorError(RuntimeError):
+class MonitorError(Refused):
     """Monitoring cannot run; the message says why and what to do."""
 
 

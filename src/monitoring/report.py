@@ -13,7 +13,7 @@ import numpy as np
 
 from src.labels import CLASS_NAMES
 from src.monitoring.drift import DriftDecision, window_arrays
-from src.monitoring.profile import KS_TESTED_STATS, ReferenceProfile
+from src.monitoring.reference_profile import KS_TESTED_STATS, ReferenceProfile
 
 
 def markdown_summary(decision: DriftDecision, window_hours: float) -> str:

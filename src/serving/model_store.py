@@ -28,7 +28,8 @@ import numpy as np
 import yaml
 
 from src.labels import CLASS_NAMES
-from src.onnx_model import ONNX_ARTIFACT, OnnxClassifier, load_onnx_classifier
+from src.onnx_model import ONNX_MODEL_ARTIFACT as ONNX_ARTIFACT
+from src.onnx_model import OnnxClassifier, load_onnx_classifier
 from src.serving.redact import redact_text, redact_uri
 from src.serving.registry_reader import Deadline, RegistryReader, VersionRef, reader_for
 

@@ -15,10 +15,10 @@ from src.monitoring.drift import (
     check_drift_tests,
     decide,
 )
-from src.monitoring.profile import (
+from src.monitoring.reference_profile import (
     ReferenceProfile,
     Threshold,
-    build_profile,
+    build_reference_profile,
     calibrate_threshold,
 )
 from tests.helpers.config import monitor_config
@@ -50,7 +50,7 @@ def test_profile_records_the_logged_statistics() -> None:
     probabilities = np.array(
         [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.4, 0.5, 0.1], [0.2, 0.2, 0.6]], dtype=np.float64
     )
-    profile = build_profile(
+    profile = build_reference_profile(
         images, np.array([0, 1, 0, 2]), probabilities, target_accuracy=0.99, sample_size=100
     )
     assert profile.n == 4 and profile.accuracy == 0.75

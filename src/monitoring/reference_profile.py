@@ -94,7 +94,7 @@ def answer_stats(probabilities: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def build_profile(
+def build_reference_profile(
     images: np.ndarray,
     labels: np.ndarray,
     probabilities: np.ndarray,
