@@ -124,8 +124,8 @@ def in_process_cost(workdir: Path, answers: int = 20000) -> dict[str, float]:
     import numpy as np
 
     from src.config import load_config
+    from src.monitoring.answers import PredictionMonitor, build_writer
     from src.monitoring.inputs import describe_input
-    from src.monitoring.service import PredictionMonitor, build_writer
 
     cfg = load_config(
         overrides={"monitor": {"store_url": f"sqlite:///{workdir / 'inproc.db'}"}}, environ={}

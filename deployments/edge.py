@@ -24,8 +24,6 @@ NGINX_TEMPLATE = DEPLOYMENTS / "nginx.conf.template"
 PROMETHEUS_DIR = DEPLOYMENTS / "prometheus"
 ALERT_RULES = PROMETHEUS_DIR / "alerts.yml"
 API_JOB = "clothing-classifier-api"
-# Room for the multipart boundaries and part headers around one image (as the API allows).
-MULTIPART_OVERHEAD = 64 * 1024
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
@@ -109,7 +107,7 @@ def nginx_config(
         "public_port": public_port,
         "api_servers": servers,
         "upstream_keepalive_s": max(1, int(serve.keep_alive_timeout_s) - 1),
-        "max_image_body": serve.max_image_bytes + MULTIPART_OVERHEAD,
+        "max_image_body": serve.max_image_request_bytes,
         "max_batch_body": serve.max_batch_bytes,
         "mlflow_server": mlflow_server_block(mlflow, prefix) if mlflow else "",
         "client_header_timeout_s": edge.client_header_timeout_s,

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -23,12 +22,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from src.config import AppConfig, ConfigError, load_config
+from src.cli import call
+from src.config import AppConfig, load_config
 from src.monitoring import drift, monitor, report, retrain
 from src.monitoring.drift import DriftDecision
-from src.monitoring.profile import ReferenceProfile
+from src.monitoring.reference_profile import ReferenceProfile
 from src.monitoring.retrain import RetrainVerdict, TriggeredRun
 
 REPORT_KEY = "monitoring-report"
@@ -53,14 +53,14 @@ class MonitorFlowParams(BaseModel):
 
 @task(name="load-reference", cache_policy=NO_CACHE, persist_result=False)
 def reference_task(cfg: AppConfig) -> tuple[str, ReferenceProfile]:
-    version, profile = monitor.production_reference(cfg)
+    version, reference = monitor.production_reference(cfg)
     get_run_logger().info(
         "Production v%s: reference of %d validation images, threshold %.3f",
         version,
-        profile.n,
-        profile.threshold.value,
+        reference.n,
+        reference.threshold.value,
     )
-    return version, profile
+    return version, reference
 
 
 @task(name="read-window", cache_policy=NO_CACHE, persist_result=False)
@@ -80,11 +80,11 @@ def window_task(cfg: AppConfig, version: str) -> tuple[list[dict[str, Any]], lis
 def decide_task(
     cfg: AppConfig,
     version: str,
-    profile: ReferenceProfile,
+    reference: ReferenceProfile,
     rows: list[dict[str, Any]],
     labelled: list[dict[str, Any]],
 ) -> DriftDecision:
-    decision = drift.decide(rows, profile, cfg.monitor, labelled, model_version=version)
+    decision = drift.decide(rows, reference, cfg.monitor, labelled, model_version=version)
     logger = get_run_logger()
     for reason in decision.reasons:
         (logger.warning if decision.drift_detected else logger.info)(reason)
@@ -96,13 +96,13 @@ def report_task(
     cfg: AppConfig,
     decision: DriftDecision,
     rows: list[dict[str, Any]],
-    profile: ReferenceProfile,
+    reference: ReferenceProfile,
     tags: dict[str, str],
 ) -> str:
     """The report (Prefect + MLflow artifacts), the MLflow run, the decision for /metrics."""
     with tempfile.TemporaryDirectory(prefix="monitor-report-") as tmp:
         folder = Path(tmp)
-        report.write_report(folder, decision, rows, profile, cfg.monitor.window_hours)
+        report.write_report(folder, decision, rows, reference, cfg.monitor.window_hours)
         run_id = monitor.log_to_mlflow(cfg, decision, folder, tags)
         summary = (folder / "report.md").read_text()
         plot = folder / "distributions.png"
@@ -169,11 +169,11 @@ def drift_triggered_runs(now: float) -> list[TriggeredRun]:
 
 @task(name="retrain-guard", cache_policy=NO_CACHE, persist_result=False)
 def retrain_guard_task(
-    cfg: AppConfig, version: str, profile: ReferenceProfile, now: float
+    cfg: AppConfig, version: str, reference: ReferenceProfile, now: float
 ) -> RetrainVerdict:
     """Drift in consecutive windows, nothing drift-triggered pending, cooldown and daily cap."""
     earlier = cfg.monitor.retrain_consecutive_windows - 1
-    drifted = 1 + monitor.drifted_windows(cfg, version, profile, now, earlier)
+    drifted = 1 + monitor.drifted_windows(cfg, version, reference, now, earlier)
     verdict = retrain.retrain_verdict(drift_triggered_runs(now), drifted, cfg.monitor, now)
     (get_run_logger().info if verdict.start else get_run_logger().warning)(
         "Retraining on drift: %s (%s)", "allowed" if verdict.start else "skipped", verdict.reason
@@ -217,16 +217,16 @@ def retrain_task(cfg: AppConfig, decision: DriftDecision) -> str:
 def monitor_flow(params: MonitorFlowParams | None = None) -> dict[str, Any]:
     params = params or MonitorFlowParams()
     cfg = params.load_config()
-    version, profile = reference_task(cfg)
+    version, reference = reference_task(cfg)
     rows, labelled = window_task(cfg, version)
-    decision = decide_task(cfg, version, profile, rows, labelled)
+    decision = decide_task(cfg, version, reference, rows, labelled)
     verdict = None
     if decision.drift_detected and cfg.monitor.retrain_on_drift:
-        verdict = retrain_guard_task(cfg, version, profile, time.time())
+        verdict = retrain_guard_task(cfg, version, reference, time.time())
         decision.reasons.append(f"retraining: {verdict.reason}")
     retrain = verdict is not None and verdict.start
     tags = {"dry_run": str(params.dry_run).lower(), "retrain_requested": str(retrain).lower()}
-    run_id = report_task(cfg, decision, rows, profile, tags)
+    run_id = report_task(cfg, decision, rows, reference, tags)
     train_run_id = None
     if retrain and params.dry_run:
         get_run_logger().warning("Drift found; --dry-run: not starting train-flow.")
@@ -255,25 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrain-on-drift", action="store_true", default=None)
     parser.add_argument("--dry-run", action="store_true", help="decide and log; start nothing")
     args = parser.parse_args(argv)
-    try:
-        params = MonitorFlowParams(
-            profile=args.profile,
-            window_hours=args.window_hours,
-            min_predictions=args.min_predictions,
-            retrain_on_drift=args.retrain_on_drift,
-            dry_run=args.dry_run,
-        )
-        params.load_config()  # fail fast on bad settings, before Prefect starts
-        summary = monitor_flow(params)
-    except (ConfigError, ValidationError) as exc:
-        print(f"monitor-flow: invalid setting: {exc}", file=sys.stderr)
-        return 2
-    except monitor.MonitorError as exc:
-        print(f"monitor-flow: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        print(f"monitor-flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    params = MonitorFlowParams(
+        profile=args.profile,
+        window_hours=args.window_hours,
+        min_predictions=args.min_predictions,
+        retrain_on_drift=args.retrain_on_drift,
+        dry_run=args.dry_run,
+    )
+    params.load_config()  # fail fast on bad settings, before Prefect starts
+    summary = monitor_flow(params)
     verdict = "DRIFT" if summary["drift_detected"] else "no drift"
     if summary["status"] != "ok":
         verdict = "no decision"
@@ -287,4 +277,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(call("monitor", main))

@@ -1,5 +1,5 @@
 """The train-flow's monitoring step: reference profile, low-confidence threshold and model card
-for the candidate version (:mod:`src.monitoring.versioning` does the work).
+for the candidate version (:mod:`src.monitoring.attachments` does the work).
 
 Runs after the gate and before promotion, so a version is never Production without them. A
 failure here is logged and does not block the candidate: the version then serves without a
@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from src import registry
 from src.config import AppConfig
 from src.data.split import PreparedData
-from src.monitoring import versioning
+from src.monitoring import attachments
 from src.monitoring.card import build_card
 
 
@@ -37,10 +37,12 @@ def describe_version(
     logger = get_run_logger()
     client = registry.get_client(cfg.tracking_uri)
     try:
-        profile = versioning.validation_profile(cfg, client, trained.run_id, prepared.dataset_path)
+        reference = attachments.validation_profile(
+            cfg, client, trained.run_id, prepared.dataset_path
+        )
         with np.load(prepared.dataset_path) as data:
             y_true = np.asarray(data["y_test"], dtype=np.int64)
-        inputs = versioning.card_inputs(
+        inputs = attachments.card_inputs(
             cfg,
             client,
             version=version,
@@ -50,10 +52,10 @@ def describe_version(
             y_true=y_true,
             y_pred=np.load(evaluation.predictions_path),
             gate=outcome.decision,
-            profile=profile,
+            reference=reference,
         )
         card = build_card(inputs)
-        versioning.attach_to_version(cfg, client, version, trained.run_id, profile, card)
+        attachments.attach_to_version(cfg, client, version, trained.run_id, reference, card)
     except Exception as exc:
         logger.warning(
             "Monitoring profile/model card for v%s failed (%s: %s); the version serves without "
@@ -67,10 +69,10 @@ def describe_version(
     logger.info(
         "v%s: low-confidence threshold %.4f (%.1f%% of validation answers flagged); card attached",
         version,
-        profile.threshold.value,
-        100 * profile.low_confidence_share,
+        reference.threshold.value,
+        100 * reference.low_confidence_share,
     )
-    return {"ok": True, "threshold": profile.threshold.value}
+    return {"ok": True, "threshold": reference.threshold.value}
 
 
 describe_version_task = task(

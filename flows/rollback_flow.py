@@ -11,7 +11,6 @@ follows the alias, so it serves the rolled-back version at its next registry pol
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -21,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.locks import flow_actor, promotion_lock
 from src import registry
+from src.cli import call
 from src.config import load_config
 
 
@@ -66,14 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", help="the version to go back to (default: the previous one)")
     parser.add_argument("--profile")
     args = parser.parse_args(argv)
-    try:
-        change = rollback_flow(args.reason, args.to, args.profile)
-    except registry.RegistryError as exc:
-        print(f"rollback-flow: {exc}", file=sys.stderr)
-        return 1
+    change = rollback_flow(args.reason, args.to, args.profile)
     print(f"Production v{change['from_version']} -> v{change['to_version']}.")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(call("rollback", main))

@@ -18,11 +18,10 @@ As a deployment (``deployments/``) the same parameters arrive as the flow parame
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, Literal
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows import data_flow
 from flows.monitoring_tasks import describe_version_task
@@ -34,7 +33,8 @@ from flows.training_tasks import (
     register_task,
     train_task,
 )
-from src.config import AppConfig, ConfigError, load_config
+from src.cli import call
+from src.config import AppConfig, load_config
 from src.data.split import PreparedData
 from src.serving.redact import redact_text
 
@@ -179,32 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int)
     parser.add_argument("--limit-train-samples", type=int)
     args = parser.parse_args(argv)
-    try:
-        params = TrainFlowParams(
-            profile=args.profile,
-            data_source=args.data_source,
-            max_epochs=args.max_epochs,
-            limit_train_samples=args.limit_train_samples,
-        )
-        params.load_config()  # fail fast on a bad profile or setting, before Prefect starts
-        summary = train_flow(params)
-    except ConfigError as exc:
-        print(f"train-flow: {exc}", file=sys.stderr)
-        return 2
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"train-flow: invalid parameter ({problems}); see --help.", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        print(
-            f"train-flow failed: {type(exc).__name__}: {exc}\n"
-            "The log above names the failed step; fix the cause and run `make train` again.",
-            file=sys.stderr,
-        )
-        return 1
-    print(where_to_look(summary))
+    params = TrainFlowParams(
+        profile=args.profile,
+        data_source=args.data_source,
+        max_epochs=args.max_epochs,
+        limit_train_samples=args.limit_train_samples,
+    )
+    params.load_config()  # fail fast on a bad profile or setting, before Prefect starts
+    print(where_to_look(train_flow(params)))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(call("train", main))

@@ -2,8 +2,9 @@
 
 Each command is the ``main(argv)`` of the module that owns it (imported only when chosen, so
 ``serve`` does not pay for training imports); ``python -m <module>`` stays as a thin alias.
-Errors that reach this level are printed as one line and mapped to an exit code: 2 for bad
-configuration or input, 1 for anything else.
+This is the one place errors are mapped to exit codes (the commands' ``main`` functions raise):
+2 for bad configuration or input, 1 for a refusal (:class:`src.errors.Refused`, its message
+printed as is) or a failure, 130 when interrupted; each is printed as one line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from src.config import ConfigError
+from src.errors import Refused
 
 # command -> ("module:function" taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,19 +63,42 @@ def resolve(command: str) -> Callable[[list[str] | None], int]:
 
 
 def run(command: str, argv: list[str]) -> int:
-    """Run one command; a usage or configuration error becomes one readable line and exit 2."""
+    """Run one command (its module imported now); errors become exit codes (:func:`call`)."""
+    return call(command, lambda args: resolve(command)(args), argv)
+
+
+def call(
+    command: str, function: Callable[[list[str] | None], int], argv: list[str] | None = None
+) -> int:
+    """``function(argv)``'s exit code, or the exit code of the error it raised, printed as one
+    line. ``python -m <module>`` runs its ``main`` through this too."""
     try:
-        return resolve(command)(argv)
+        return function(sys.argv[1:] if argv is None else argv)
     except USAGE_ERRORS as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"clothing-classifier {command}: {first_line}", file=sys.stderr)
+        print(f"clothing-classifier {command}: {usage_line(exc)}", file=sys.stderr)
         return 2
+    except Refused as exc:
+        print(f"clothing-classifier {command}: {first_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"clothing-classifier {command}: interrupted.", file=sys.stderr)
         return 130
     except Exception as exc:
         print(failure_line(command, exc), file=sys.stderr)
         return 1
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def usage_line(exc: Exception) -> str:
+    """A bad setting or input in one line; for invalid parameters, each field and its problem."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return f"invalid parameter ({problems}); see --help."
+    return first_line(exc)
 
 
 def failure_line(command: str, exc: Exception) -> str:

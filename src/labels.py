@@ -1,4 +1,4 @@
-"""Constants that training, evaluation and serving share: the classes, the image size, the served file."""
+"""The garment classes, by class id (training, evaluation, serving and monitoring share them)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,3 @@ CLASS_NAMES: tuple[str, ...] = (
     "Ankle boot",
 )
 NUM_CLASSES = len(CLASS_NAMES)
-IMAGE_SIZE = 28
-# Where each run keeps the form of its model that the API serves (ONNX: data, never code).
-ONNX_MODEL_ARTIFACT = "onnx/model.onnx"

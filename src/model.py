@@ -23,7 +23,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from src.config.train import TrainConfig
-from src.labels import IMAGE_SIZE, NUM_CLASSES
+from src.labels import NUM_CLASSES
+from src.preprocessing import IMAGE_SIZE
 
 # The normalised value of a black pixel (Fashion-MNIST's background), for translated TTA views.
 _BACKGROUND = (0.0 - 0.2860) / 0.3530
@@ -32,8 +33,8 @@ _BACKGROUND = (0.0 - 0.2860) / 0.3530
 class TTAMixin(nn.Module):
     """Eval-mode test-time augmentation around ``forward_single``: mirror and/or 1-pixel shifts."""
 
-    flip_tta: bool = False
-    translate_tta: bool = False
+    flip_tta: bool  # set by the network's constructor, from train.flip_tta / translate_tta
+    translate_tta: bool
 
     def forward_single(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -66,10 +67,11 @@ class ResNet(TTAMixin):
         self,
         widths: tuple[int, ...],
         blocks_per_stage: int,
+        *,
+        flip_tta: bool,
+        translate_tta: bool,
         num_classes: int = NUM_CLASSES,
         in_channels: int = 1,
-        flip_tta: bool = False,
-        translate_tta: bool = False,
     ) -> None:
         super().__init__()
         if not widths:
@@ -159,10 +161,11 @@ class ConvPoolNet(TTAMixin):
     def __init__(
         self,
         widths: tuple[int, ...],
+        *,
+        flip_tta: bool,
+        translate_tta: bool,
         num_classes: int = NUM_CLASSES,
         in_channels: int = 1,
-        flip_tta: bool = False,
-        translate_tta: bool = False,
         head_scale: float = 1 / 9,
     ) -> None:
         super().__init__()

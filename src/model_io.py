@@ -28,9 +28,9 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from src.labels import CLASS_NAMES, IMAGE_SIZE, ONNX_MODEL_ARTIFACT
-from src.onnx_model import OnnxClassifier, load_onnx_classifier
-from src.preprocessing import MEAN, STD
+from src.labels import CLASS_NAMES
+from src.onnx_model import ONNX_MODEL_ARTIFACT, OnnxClassifier, load_onnx_classifier
+from src.preprocessing import IMAGE_SIZE, MEAN, STD
 
 MODEL_ARTIFACT_NAME = "model"
 PREPROCESSING_VERSION = "fmnist-gray28-v1"

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from src.labels import IMAGE_SIZE, ONNX_MODEL_ARTIFACT
+from src.preprocessing import IMAGE_SIZE
 
-ONNX_ARTIFACT = ONNX_MODEL_ARTIFACT
+# Where each run keeps the form of its model that the API serves (ONNX: data, never code).
+ONNX_MODEL_ARTIFACT = "onnx/model.onnx"
 RUNTIME = f"onnxruntime {ort.__version__}"
 # The ONNX operator sets ONNX Runtime implements itself; anything else is a custom operator.
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})

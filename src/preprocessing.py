@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
-from src.labels import IMAGE_SIZE
-
 if TYPE_CHECKING:
     import torch
 
+IMAGE_SIZE = 28  # the model input: IMAGE_SIZE x IMAGE_SIZE grayscale, as in Fashion-MNIST
 # Fashion-MNIST training-set pixel statistics (on the 0..1 scale).
 MEAN = 0.2860
 STD = 0.3530

@@ -47,11 +47,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from src.errors import Refused
 from src.locking import file_lock
+from src.registry_names import PRODUCTION_ALIAS, PRODUCTION_STAGE
 
-PRODUCTION_STAGE = "Production"
 ARCHIVED_STAGE = "Archived"
-PRODUCTION_ALIAS = "production"
 STATUS_TAG = "validation_status"
 REASONS_TAG = "gate_reasons"
 DETAILS_TAG = "gate_details"
@@ -62,7 +62,7 @@ HISTORY_PREFIX = "production_history."
 PROMOTION, ROLLBACK, REPAIR = "promotion", "rollback", "repair"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(Refused):
     """The registry refused an operation; the message says what to do."""
 
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from src import cli
+from src.registry import RegistryError
 
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))
@@ -72,3 +73,17 @@ def test_a_missing_dependency_names_the_extra_to_install(
 def test_a_missing_module_of_the_project_is_not_blamed_on_the_install() -> None:
     line = cli.failure_line("serve", ModuleNotFoundError("gone", name="src.serving.gone"))
     assert "failed: ModuleNotFoundError" in line and "extra" not in line
+
+
+def test_a_refusal_is_its_own_message_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuses(_argv: list[str] | None) -> int:
+        raise RegistryError("Version 3 has validation_status='failed'; it cannot be promoted.")
+
+    monkeypatch.setattr(cli, "resolve", lambda _command: refuses)
+    assert cli.main(["registry"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "clothing-classifier registry: Version 3 has validation_status='failed'; it cannot be "
+        "promoted."
+    )

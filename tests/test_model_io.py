@@ -15,9 +15,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from src.labels import CLASS_NAMES, ONNX_MODEL_ARTIFACT
+from src.labels import CLASS_NAMES
 from src.model_io import load_classifier, log_classifier, log_onnx
-from src.onnx_model import load_onnx_classifier
+from src.onnx_model import ONNX_MODEL_ARTIFACT, load_onnx_classifier
 
 PICKLE_PROTOCOL_2_PLUS = b"\x80"  # every pickle since protocol 2 starts with PROTO
 

@@ -7,6 +7,13 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class DriftTestConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The test flags drift when p < alpha AND its effect size reaches this.
+    min_effect: float = Field(gt=0, le=1)
+
+
 class MonitorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     env_prefix: ClassVar[str] = "MONITOR_"
@@ -41,11 +48,13 @@ class MonitorConfig(BaseModel):
     # Labelled feedback needed before live accuracy counts as a drift test.
     min_feedback: int = Field(ge=1)
     # A test flags drift when p < alpha AND its effect size (KS D, total variation distance,
-    # share difference) reaches min_effect, so huge windows do not flag negligible shifts.
+    # share difference) reaches its own drift_tests.<name>.min_effect, so huge windows do not
+    # flag negligible shifts. One entry per test of src.monitoring.drift.DRIFT_TESTS.
     alpha: float = Field(gt=0, lt=1)
-    min_effect: float = Field(gt=0, le=1)
-    # drift_detected when at least this share of the tests flag drift.
-    drift_share_threshold: float = Field(gt=0, le=1)
+    drift_tests: dict[str, DriftTestConfig]
+    # drift_detected when at least this many tests flag drift (a count: adding a test does not
+    # change what the others decide).
+    drift_min_flagged: int = Field(ge=1)
     # A window where the identical_inputs_top_k most repeated inputs make up at least
     # identical_inputs_max_share of the answers is a repeated upload, not drift: no decision.
     identical_inputs_top_k: int = Field(ge=1)

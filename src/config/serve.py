@@ -30,6 +30,8 @@ PLACEHOLDER_API_KEYS = frozenset(
     }
 )
 MIN_API_KEY_LENGTH = 16
+# Room for the multipart boundaries and part headers around one image (not a setting).
+MULTIPART_OVERHEAD = 64 * 1024
 
 
 def api_key_problem(key: str) -> str | None:
@@ -105,6 +107,12 @@ class ServeConfig(BaseModel):
     # One JSON line per request from the app (and uvicorn's plain access log switched off).
     json_logs: bool
     log_level: str
+
+    @property
+    def max_image_request_bytes(self) -> int:
+        """The body of a /predict request with one image of ``max_image_bytes`` (the API's and
+        the edge's limit)."""
+        return self.max_image_bytes + MULTIPART_OVERHEAD
 
     @field_validator("api_key")
     @classmethod

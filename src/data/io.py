@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.labels import IMAGE_SIZE
+from src.preprocessing import IMAGE_SIZE
 
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 LABEL_COLUMN = "label"

@@ -375,7 +375,7 @@ def _outcome(suite: str, res: Any, profile: Profile) -> ExpectationOutcome:
             examples = [f"column {name}: {kind}" for name, kind in _non_numeric(profile)]
         else:
             examples = [
-                f"row {i}: {column}={_fmt(v)}" for i, v in zip(indices, values, strict=False)
+                f"row {i}: {column}={exact(v)}" for i, v in zip(indices, values, strict=False)
             ][:_EXAMPLES]
         if suite == "classes":
             bad = profile.classes[
@@ -391,9 +391,11 @@ def _outcome(suite: str, res: Any, profile: Profile) -> ExpectationOutcome:
 
 
 def exact(value: Any) -> str:
-    """A pixel value as it is, never rounded: 256, -1, 12.5, 255.0000001, nan."""
+    """A value as it is, never rounded: 256, -1, 12.5, 255.0000001, nan; a non-number as its repr."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         return str(int(value))
+    if not isinstance(value, (float, np.floating)):
+        return repr(value)
     number = float(value)
     return str(int(number)) if number.is_integer() else repr(number)
 
@@ -401,12 +403,6 @@ def exact(value: Any) -> str:
 def _non_numeric(profile: Profile) -> list[tuple[str, str]]:
     kinds = profile.stats.get("pixel_column_kinds", {})
     return [(name, kind) for name, kind in kinds.items() if kind not in NUMERIC_KINDS][:_EXAMPLES]
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return repr(value)
 
 
 def _duplicate_examples(profile: Profile, *, conflicting: bool) -> list[str]:

@@ -1,8 +1,13 @@
 """Drift tests: a window of logged predictions against the served version's reference profile.
 
-Each test flags drift when its p-value is below ``alpha`` AND its effect size reaches
-``min_effect`` (large windows make negligible shifts significant). ``drift_share`` is the share
-of tests that flag drift; ``drift_detected`` when it reaches ``drift_share_threshold``.
+The tests are a registry, :data:`DRIFT_TESTS` (name -> test), each with its own threshold in
+``configs/monitor.yaml`` (``drift_tests.<name>.min_effect``). A test flags drift when its p-value
+is below ``alpha`` AND its effect size reaches its ``min_effect`` (large windows make negligible
+shifts significant).
+
+Decision rule: ``drift_detected`` when at least ``drift_min_flagged`` tests flag drift. It counts
+tests, not a share of them, so adding a test never changes the decision the other tests reach
+on their own. ``drift_share`` (the share of tests that flag) is reported, not decided on.
 
 A window where a few identical inputs make up most answers (one picture uploaded again and again)
 gets no decision: it says nothing about what users in general send, and retraining on it would
@@ -12,16 +17,16 @@ not change it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
 
-from src.config.monitor import MonitorConfig
+from src.config.monitor import DriftTestConfig, MonitorConfig
 from src.labels import CLASS_NAMES
-from src.monitoring.profile import ReferenceProfile
+from src.monitoring.reference_profile import KS_TESTED_STATS, SAMPLED_STATS, ReferenceProfile
 
 Status = Literal["ok", "not_enough_data", "identical_inputs"]
 
@@ -69,10 +74,9 @@ class DriftDecision:
 
 def window_arrays(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Columns of the logged rows as arrays."""
-    columns = ("class_id", "confidence", "margin", "input_mean", "input_std")
     return {
         c: np.asarray([np.nan if r[c] is None else r[c] for r in rows], dtype=np.float64)
-        for c in columns
+        for c in ("class_id", *SAMPLED_STATS)
     }
 
 
@@ -91,28 +95,60 @@ def repeated_inputs(rows: Sequence[dict[str, Any]], top_k: int) -> tuple[int, in
     return sum(n for _, n in counts.most_common(top_k)), len(counts)
 
 
-def _ks(
-    name: str, current: np.ndarray, reference: Sequence[float], cfg: MonitorConfig
-) -> DriftTest:
-    current = current[np.isfinite(current)]
-    result = stats.ks_2samp(current, np.asarray(reference, dtype=np.float64))
-    d, p = float(result.statistic), float(result.pvalue)
-    drifted = p < cfg.alpha and d >= cfg.min_effect
-    return DriftTest(
-        name,
-        "ks",
-        d,
-        p,
-        d,
-        drifted,
-        f"KS D={d:.3f}, p={p:.3g}; median now {np.median(current):.3f} vs "
-        f"{np.median(reference):.3f} on validation",
-    )
+@dataclass(frozen=True)
+class Window:
+    """What the tests read: the window's logged columns and, per labelled answer, whether the
+    model was right."""
+
+    columns: dict[str, np.ndarray]
+    correct: np.ndarray
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """When one test flags drift: p below ``alpha`` and an effect of at least ``min_effect``."""
+
+    alpha: float
+    min_effect: float
+
+    def flags(self, p_value: float, effect: float) -> bool:
+        return p_value < self.alpha and effect >= self.min_effect
+
+
+# A drift test: the window against the profile -> its result, or None when it cannot run on this
+# window (live accuracy before enough feedback).
+DriftTestFn = Callable[[Window, ReferenceProfile, MonitorConfig, Criterion], "DriftTest | None"]
+
+
+def ks_test(column: str) -> DriftTestFn:
+    """Two-sample KS test of ``column`` against its validation sample in the profile."""
+
+    def run(
+        window: Window, profile: ReferenceProfile, _cfg: MonitorConfig, criterion: Criterion
+    ) -> DriftTest:
+        current = window.columns[column]
+        current = current[np.isfinite(current)]
+        reference = profile.samples[column]
+        result = stats.ks_2samp(current, np.asarray(reference, dtype=np.float64))
+        d, p = float(result.statistic), float(result.pvalue)
+        return DriftTest(
+            column,
+            "ks",
+            d,
+            p,
+            d,
+            criterion.flags(p, d),
+            f"KS D={d:.3f}, p={p:.3g}; median now {np.median(current):.3f} vs "
+            f"{np.median(reference):.3f} on validation",
+        )
+
+    return run
 
 
 def class_share_test(
-    class_ids: np.ndarray, profile: ReferenceProfile, cfg: MonitorConfig
+    window: Window, profile: ReferenceProfile, _cfg: MonitorConfig, criterion: Criterion
 ) -> DriftTest:
+    class_ids = window.columns["class_id"]
     n_classes = len(profile.class_shares)
     observed = np.bincount(class_ids.astype(np.int64), minlength=n_classes)[:n_classes]
     # A class never predicted on validation still gets a sliver of expected share, so one
@@ -131,15 +167,16 @@ def class_share_test(
         float(result.statistic),
         float(result.pvalue),
         tvd,
-        float(result.pvalue) < cfg.alpha and tvd >= cfg.min_effect,
+        criterion.flags(float(result.pvalue), tvd),
         f"chi2={float(result.statistic):.1f}, p={float(result.pvalue):.3g}, total variation "
         f"{tvd:.3f}; largest change {name}: {shares[biggest]:.1%} vs {reference[biggest]:.1%}",
     )
 
 
 def low_confidence_test(
-    confidence: np.ndarray, profile: ReferenceProfile, cfg: MonitorConfig
+    window: Window, profile: ReferenceProfile, _cfg: MonitorConfig, criterion: Criterion
 ) -> DriftTest:
+    confidence = window.columns["confidence"]
     low = int(np.sum(confidence < profile.threshold.value))
     n = len(confidence)
     expected = min(max(profile.low_confidence_share, 1e-6), 1 - 1e-6)
@@ -151,15 +188,19 @@ def low_confidence_test(
         low / n,
         float(result.pvalue),
         gap,
-        float(result.pvalue) < cfg.alpha and gap >= cfg.min_effect,
+        criterion.flags(float(result.pvalue), gap),
         f"{low / n:.1%} low-confidence answers vs {profile.low_confidence_share:.1%} on "
         f"validation (threshold {profile.threshold.value:.3f}), p={float(result.pvalue):.3g}",
     )
 
 
 def live_accuracy_test(
-    correct: np.ndarray, profile: ReferenceProfile, cfg: MonitorConfig
-) -> DriftTest:
+    window: Window, profile: ReferenceProfile, cfg: MonitorConfig, criterion: Criterion
+) -> DriftTest | None:
+    """Accuracy on the labelled feedback; runs once there are ``min_feedback`` labels."""
+    correct = window.correct
+    if len(correct) < cfg.min_feedback:
+        return None
     n, right = len(correct), int(np.sum(correct))
     expected = min(max(profile.accuracy, 1e-6), 1 - 1e-6)
     result = stats.binomtest(right, n, expected, alternative="less")
@@ -170,10 +211,67 @@ def live_accuracy_test(
         right / n,
         float(result.pvalue),
         gap,
-        float(result.pvalue) < cfg.alpha and gap >= cfg.min_effect,
+        criterion.flags(float(result.pvalue), gap),
         f"accuracy on {n} labelled answers {right / n:.1%} vs {profile.accuracy:.1%} on "
         f"validation, p={float(result.pvalue):.3g}",
     )
+
+
+# Every drift test by name, in report order; each needs a drift_tests.<name> entry in
+# configs/monitor.yaml (its min_effect).
+DRIFT_TESTS: dict[str, DriftTestFn] = {
+    "class_shares": class_share_test,
+    **{stat: ks_test(stat) for stat in KS_TESTED_STATS},
+    "low_confidence_share": low_confidence_test,
+    "live_accuracy": live_accuracy_test,
+}
+
+
+def check_drift_tests(
+    configured: dict[str, DriftTestConfig], registry: dict[str, DriftTestFn] = DRIFT_TESTS
+) -> None:
+    """``ValueError`` unless every registered test has settings and every setting a test."""
+    missing, unknown = registry.keys() - configured.keys(), configured.keys() - registry.keys()
+    if missing or unknown:
+        raise ValueError(
+            f"monitor.drift_tests must name each drift test once: missing {sorted(missing)}, "
+            f"unknown {sorted(unknown)}; the tests are {list(registry)}."
+        )
+
+
+def run_tests(
+    window: Window,
+    profile: ReferenceProfile,
+    cfg: MonitorConfig,
+    registry: dict[str, DriftTestFn] = DRIFT_TESTS,
+) -> list[DriftTest]:
+    """Each registered test with its own threshold (those that cannot run on the window left out)."""
+    check_drift_tests(cfg.drift_tests, registry)
+    results = []
+    for name, test in registry.items():
+        criterion = Criterion(cfg.alpha, cfg.drift_tests[name].min_effect)
+        result = test(window, profile, cfg, criterion)
+        if result is not None:
+            results.append(result)
+    return results
+
+
+def no_decision(rows: Sequence[dict[str, Any]], cfg: MonitorConfig) -> tuple[Status, str] | None:
+    """Why the window gets no drift decision (too few answers, a repeated upload), if it does not."""
+    if len(rows) < cfg.min_predictions:
+        return "not_enough_data", (
+            f"only {len(rows)} predictions in the window (need {cfg.min_predictions}); "
+            "no drift decision"
+        )
+    copies, distinct = repeated_inputs(rows, cfg.identical_inputs_top_k)
+    if copies >= cfg.identical_inputs_max_share * len(rows):
+        return "identical_inputs", (
+            f"{copies} of {len(rows)} answers ({copies / len(rows):.0%}) are copies of "
+            f"{min(cfg.identical_inputs_top_k, distinct)} identical input(s): a repeated upload, "
+            "not a change in what users send; no drift decision (identical_inputs_max_share "
+            f"{cfg.identical_inputs_max_share:.0%})"
+        )
+    return None
 
 
 def decide(
@@ -182,8 +280,10 @@ def decide(
     cfg: MonitorConfig,
     labelled: Sequence[dict[str, Any]] = (),
     model_version: str | None = None,
+    registry: dict[str, DriftTestFn] = DRIFT_TESTS,
 ) -> DriftDecision:
-    """Run every test on the window ``rows`` (and its labelled feedback) and decide."""
+    """Run every test on the window ``rows`` (and its labelled feedback) and decide (the rule is
+    in the module docstring)."""
     correct = np.asarray([r["class_id"] == r["true_class_id"] for r in labelled], dtype=bool)
     decision = DriftDecision(
         status="ok",
@@ -192,40 +292,19 @@ def decide(
         n_feedback=len(correct),
         live_accuracy=float(correct.mean()) if len(correct) else None,
     )
-    if len(rows) < cfg.min_predictions:
-        decision.status = "not_enough_data"
-        decision.reasons.append(
-            f"only {len(rows)} predictions in the window (need {cfg.min_predictions}); "
-            "no drift decision"
-        )
+    skipped = no_decision(rows, cfg)
+    if skipped is not None:
+        decision.status, reason = skipped
+        decision.reasons.append(reason)
         return decision
-    copies, distinct = repeated_inputs(rows, cfg.identical_inputs_top_k)
-    if copies >= cfg.identical_inputs_max_share * len(rows):
-        decision.status = "identical_inputs"
-        decision.reasons.append(
-            f"{copies} of {len(rows)} answers ({copies / len(rows):.0%}) are copies of "
-            f"{min(cfg.identical_inputs_top_k, distinct)} identical input(s): a repeated upload, "
-            "not a change in what users send; no drift decision (identical_inputs_max_share "
-            f"{cfg.identical_inputs_max_share:.0%})"
-        )
-        return decision
-    window = window_arrays(rows)
-    tests = [
-        class_share_test(window["class_id"], profile, cfg),
-        _ks("confidence", window["confidence"], profile.samples["confidence"], cfg),
-        _ks("input_mean", window["input_mean"], profile.samples["input_mean"], cfg),
-        _ks("input_std", window["input_std"], profile.samples["input_std"], cfg),
-        low_confidence_test(window["confidence"], profile, cfg),
-    ]
-    if len(correct) >= cfg.min_feedback:
-        tests.append(live_accuracy_test(correct, profile, cfg))
-    decision.tests = tests
-    decision.drift_share = sum(t.drifted for t in tests) / len(tests)
-    decision.drift_detected = decision.drift_share >= cfg.drift_share_threshold
-    verdict = "DRIFT" if decision.drift_detected else "no drift"
+    tests = run_tests(Window(window_arrays(rows), correct), profile, cfg, registry)
     flagged = [t.name for t in tests if t.drifted]
+    decision.tests = tests
+    decision.drift_share = len(flagged) / len(tests)
+    decision.drift_detected = len(flagged) >= cfg.drift_min_flagged
+    verdict = "DRIFT" if decision.drift_detected else "no drift"
     decision.reasons.append(
         f"{verdict}: {len(flagged)} of {len(tests)} tests flag drift "
-        f"({', '.join(flagged) or 'none'}); threshold {cfg.drift_share_threshold:.0%}"
+        f"({', '.join(flagged) or 'none'}); drift needs {cfg.drift_min_flagged}"
     )
     return decision

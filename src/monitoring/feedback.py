@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from src.config import ConfigError, load_config
-from src.labels import CLASS_NAMES, IMAGE_SIZE
+from src.labels import CLASS_NAMES
 from src.monitoring.store import PredictionStore, redact_url, store_url
+from src.preprocessing import IMAGE_SIZE
 
 CSV_COLUMNS = (
     "prediction_id",

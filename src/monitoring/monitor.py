@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from src.config import AppConfig
+from src.errors import Refused
 from src.monitoring import drift
 from src.monitoring.drift import DriftDecision
-from src.monitoring.profile import PROFILE_ARTIFACT, ReferenceProfile
+from src.monitoring.reference_profile import PROFILE_ARTIFACT, ReferenceProfile
 from src.monitoring.store import PredictionStore, store_url
 
 
-class MonitorError(RuntimeError):
+class MonitorError(Refused):
     """Monitoring cannot run; the message says why and what to do."""
 
 
@@ -139,11 +140,12 @@ def log_to_mlflow(
                 "window_hours",
                 "min_predictions",
                 "alpha",
-                "min_effect",
-                "drift_share_threshold",
+                "drift_min_flagged",
                 "retrain_on_drift",
             }
         )
+        for name, test in cfg.monitor.drift_tests.items():
+            settings[f"{name}_min_effect"] = test.min_effect
         for key, value in settings.items():
             client.log_param(run_id, key, value)
         for key, value in decision.metrics().items():

@@ -13,7 +13,7 @@ import numpy as np
 
 from src.labels import CLASS_NAMES
 from src.monitoring.drift import DriftDecision, window_arrays
-from src.monitoring.profile import ReferenceProfile
+from src.monitoring.reference_profile import KS_TESTED_STATS, ReferenceProfile
 
 
 def markdown_summary(decision: DriftDecision, window_hours: float) -> str:
@@ -64,7 +64,7 @@ def _figure(rows: list[dict[str, Any]], profile: ReferenceProfile) -> bytes:
     ax.set_xticks(x, [CLASS_NAMES[i] if i < len(CLASS_NAMES) else str(i) for i in x], rotation=45)
     ax.set_title("predicted class shares")
     ax.legend()
-    for ax, key in zip(axes.ravel()[1:], ("confidence", "input_mean", "input_std"), strict=True):
+    for ax, key in zip(axes.ravel()[1:], KS_TESTED_STATS, strict=True):
         reference = np.asarray(profile.samples[key])
         current = window[key][np.isfinite(window[key])]
         bins = np.linspace(

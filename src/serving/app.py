@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from src.config import AppConfig, ServeConfig, load_config
-from src.monitoring.service import MonitoringCollector, PredictionMonitor, build_writer
+from src.monitoring.answers import MonitoringCollector, PredictionMonitor, build_writer
 from src.package import STATIC_DIR, package_version
 from src.preprocessing import ALLOWED_FORMATS
 from src.serving.batching import Forwarder, MicroBatcher

@@ -12,7 +12,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from src.config import AppConfig
-from src.monitoring.service import PredictionMonitor
+from src.monitoring.answers import PredictionMonitor
 from src.serving.batching import Forwarder
 from src.serving.errors import ApiError
 from src.serving.inference import ImageLimits

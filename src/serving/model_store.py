@@ -27,13 +27,10 @@ import anyio
 import numpy as np
 import yaml
 
-from src.labels import CLASS_NAMES, IMAGE_SIZE
-from src.onnx_model import (
-    ONNX_ARTIFACT,
-    OnnxClassifier,
-    load_onnx_classifier,
-    predict_within,
-)
+from src.labels import CLASS_NAMES
+from src.onnx_model import ONNX_MODEL_ARTIFACT as ONNX_ARTIFACT
+from src.onnx_model import OnnxClassifier, load_onnx_classifier, predict_within
+from src.preprocessing import IMAGE_SIZE
 from src.serving.batching import batch_speedup
 from src.serving.redact import redact_text, redact_uri
 from src.serving.registry_reader import Deadline, RegistryReader, VersionRef, reader_for

@@ -40,10 +40,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.request import url2pathname
 
+from src.registry_names import PRODUCTION_ALIAS, PRODUCTION_STAGE
 from src.serving.redact import redact_uri
 
-PRODUCTION_ALIAS = "production"
-PRODUCTION_STAGE = "Production"
 HTTP_TIMEOUT_S = 30.0  # one socket operation; the whole check has its Deadline besides
 READ_CHUNK_BYTES = 1024 * 1024
 

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.config.train import TrainConfig
-from src.labels import IMAGE_SIZE, NUM_CLASSES
+from src.labels import NUM_CLASSES
+from src.preprocessing import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 

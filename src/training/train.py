@@ -48,7 +48,7 @@ from src.training.module import LitClassifier
 from src.training.report import plot_confusion_matrix, plot_learning_curves, plot_misclassified
 
 log = logging.getLogger(__name__)
-MONITOR = "val_macro_f1"
+CHECKPOINT_METRIC = "val_macro_f1"  # what the best checkpoint and early stopping follow
 # Receives the run's notable lines (level, message): the flow passes its Prefect logger.
 Notify = Callable[[int, str], None]
 
@@ -362,12 +362,14 @@ def fit_model(cfg: AppConfig, setup: FitSetup, run_id: str) -> FitOutcome:
     checkpoint = ModelCheckpoint(
         dirpath=setup.checkpoint_root / run_id,
         filename="best",
-        monitor=MONITOR,
+        monitor=CHECKPOINT_METRIC,
         mode="max",
         save_last=True,
         save_top_k=1,
     )
-    early = EarlyStopping(monitor=MONITOR, mode="max", patience=tcfg.early_stopping_patience)
+    early = EarlyStopping(
+        monitor=CHECKPOINT_METRIC, mode="max", patience=tcfg.early_stopping_patience
+    )
     callbacks: list[L.Callback] = [checkpoint, early]
     if tcfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=20))
@@ -539,7 +541,7 @@ def _best_path(checkpoint: ModelCheckpoint) -> Path | None:
 
 
 def _best_epoch(history: list[dict[str, float]]) -> int:
-    scored = [row for row in history if MONITOR in row]
+    scored = [row for row in history if CHECKPOINT_METRIC in row]
     if not scored:
         return 0
-    return int(max(scored, key=lambda row: row[MONITOR])["epoch"])
+    return int(max(scored, key=lambda row: row[CHECKPOINT_METRIC])["epoch"])

@@ -17,8 +17,8 @@ import httpx
 import mlflow
 import torch
 
-from src.labels import ONNX_MODEL_ARTIFACT
 from src.model_io import MODEL_ARTIFACT_NAME
+from src.onnx_model import ONNX_MODEL_ARTIFACT
 from src.serving.model_store import MAX_MLMODEL_BYTES
 from tests.helpers.api import Registry, encode, sample_images, wait_until
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from src.config.serve import MULTIPART_OVERHEAD
 from src.serving.routers import SMALL_BODY_LIMIT, body_limit, body_limits_of
-from src.serving.routers.predictions import MULTIPART_OVERHEAD
 from tests.helpers.api import Registry, api_client_for
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from flows.train_flow import TrainFlowParams, main, where_to_look
+from flows.train_flow import TrainFlowParams, where_to_look
+from src import cli
 from src.config import ConfigError
 
 
@@ -47,10 +48,10 @@ def test_parameters_are_validated() -> None:
 
 
 def test_main_reports_a_bad_profile_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--profile", "nope"]) == 2
+    assert cli.main(["train", "--profile", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Unknown profile 'nope'" in err
-    assert main(["--max-epochs", "0"]) == 2
+    assert cli.main(["train", "--max-epochs", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "max_epochs" in err
 

@@ -29,7 +29,7 @@ from src.config import AppConfig, load_config
 from src.data.io import read_images
 from src.gate import evaluate_gate
 from src.model_io import log_classifier, log_onnx
-from src.monitoring import versioning
+from src.monitoring import attachments
 from src.monitoring.card import build_card
 from tests.helpers.api import encode, start_server, stop_server, wait_until
 from tests.helpers.flows import QUIET_ENV, PrefectServer, api_post
@@ -85,8 +85,8 @@ def _register(cfg: AppConfig, root: Path, dataset: Path, model: torch.nn.Module)
     from src.preprocessing import normalize
 
     y_pred = model(normalize(x_test)).argmax(1).numpy()
-    profile = versioning.validation_profile(cfg, client, run.info.run_id, dataset)
-    inputs = versioning.card_inputs(
+    profile = attachments.validation_profile(cfg, client, run.info.run_id, dataset)
+    inputs = attachments.card_inputs(
         cfg,
         client,
         version=version,
@@ -96,9 +96,11 @@ def _register(cfg: AppConfig, root: Path, dataset: Path, model: torch.nn.Module)
         y_true=y_test,
         y_pred=y_pred,
         gate=evaluate_gate(y_test, y_pred, cfg.gate),
-        profile=profile,
+        reference=profile,
     )
-    versioning.attach_to_version(cfg, client, version, run.info.run_id, profile, build_card(inputs))
+    attachments.attach_to_version(
+        cfg, client, version, run.info.run_id, profile, build_card(inputs)
+    )
     client.set_registered_model_alias(NAME, "production", version)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

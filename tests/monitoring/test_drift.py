@@ -9,11 +9,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from src.monitoring.drift import decide
-from src.monitoring.profile import (
+from src.monitoring.drift import (
+    DRIFT_TESTS,
+    DriftTest,
+    check_drift_tests,
+    decide,
+)
+from src.monitoring.reference_profile import (
     ReferenceProfile,
     Threshold,
-    build_profile,
+    build_reference_profile,
     calibrate_threshold,
 )
 from tests.helpers.config import monitor_config
@@ -45,7 +50,7 @@ def test_profile_records_the_logged_statistics() -> None:
     probabilities = np.array(
         [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.4, 0.5, 0.1], [0.2, 0.2, 0.6]], dtype=np.float64
     )
-    profile = build_profile(
+    profile = build_reference_profile(
         images, np.array([0, 1, 0, 2]), probabilities, target_accuracy=0.99, sample_size=100
     )
     assert profile.n == 4 and profile.accuracy == 0.75
@@ -124,11 +129,11 @@ def test_one_class_only_moves_the_class_shares() -> None:
     )
     [flagged] = [t for t in decision.tests if t.drifted]
     assert flagged.name == "class_shares" and flagged.effect == pytest.approx(0.9)
-    assert not decision.drift_detected  # one test of five is under the default 50 %
+    assert not decision.drift_detected  # one test flagging is under the default 3
     assert decide(
         _window(rng, 300, one_class=True),
         _reference(rng),
-        monitor_config(min_predictions=100, drift_share_threshold=0.2),
+        monitor_config(min_predictions=100, drift_min_flagged=1),
     ).drift_detected
 
 
@@ -149,3 +154,56 @@ def test_live_accuracy_counts_once_there_is_enough_feedback() -> None:
     assert decision.live_accuracy == 0.5 and live.drifted and decision.n_feedback == 40
     few = decide(rows, _reference(rng), cfg, labelled=wrong[:10])
     assert [t for t in few.tests if t.name == "live_accuracy"] == []
+
+
+def _always(flags: bool) -> Any:
+    """A drift test that flags (or never flags) whatever the window."""
+
+    def run(*_args: Any) -> DriftTest:
+        return DriftTest("extra", "fixed", 0.0, 0.0 if flags else 1.0, 1.0, flags, "fixed")
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "flagging",
+    [
+        (),
+        ("class_shares",),
+        ("confidence", "input_mean"),
+        ("confidence", "input_mean", "input_std"),
+    ],
+)
+def test_adding_a_test_that_does_not_flag_leaves_the_decision_alone(
+    flagging: tuple[str, ...],
+) -> None:
+    """Under the former share rule (half the tests), 3 of 6 flagging was drift and adding a
+    seventh that does not flag made it 3 of 7, no drift; a count of flagging tests never moves."""
+    rng = np.random.default_rng(4)
+    rows, reference = _window(rng, 400), _reference(rng)
+    rule: dict[str, Any] = {"min_predictions": 100, "drift_min_flagged": len(flagging) or 1}
+    forced = {name: (_always(True) if name in flagging else _always(False)) for name in DRIFT_TESTS}
+    before = decide(rows, reference, monitor_config(**rule), registry=forced)
+    with_extra = monitor_config(**rule, drift_tests={"extra": {"min_effect": 0.1}})
+    after = decide(rows, reference, with_extra, registry={**forced, "extra": _always(False)})
+    assert before.drift_detected == after.drift_detected == bool(flagging)
+    assert len(after.tests) == len(before.tests) + 1
+
+
+def test_each_test_flags_against_its_own_threshold() -> None:
+    rng = np.random.default_rng(1)
+    rows, reference = _window(rng, 300, one_class=True), _reference(rng)
+    default = decide(rows, reference, monitor_config(min_predictions=100))
+    assert [t.name for t in default.tests if t.drifted] == ["class_shares"]
+    # Total variation 0.9: a class_shares threshold above it un-flags that test alone.
+    raised = monitor_config(min_predictions=100, drift_tests={"class_shares": {"min_effect": 0.95}})
+    assert not any(t.drifted for t in decide(rows, reference, raised).tests)
+
+
+def test_the_config_names_every_registered_test_once() -> None:
+    cfg = monitor_config()
+    check_drift_tests(cfg.drift_tests)  # configs/monitor.yaml as shipped
+    with pytest.raises(ValueError, match="missing \\['live_accuracy'\\]"):
+        check_drift_tests({k: v for k, v in cfg.drift_tests.items() if k != "live_accuracy"})
+    with pytest.raises(ValueError, match="unknown \\['extra'\\]"):
+        check_drift_tests({**cfg.drift_tests, "extra": cfg.drift_tests["confidence"]})

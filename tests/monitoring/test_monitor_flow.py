@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.monitor_flow import MonitorFlowParams, main
+from flows.monitor_flow import MonitorFlowParams
+from src import cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,11 +31,14 @@ def test_no_production_model_is_a_clear_one_line_error(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MONITOR_STORE_URL", f"sqlite:///{tmp_path}/log.db")
     monkeypatch.delenv("PROFILE", raising=False)
-    assert main([]) == 1
+    assert cli.main(["monitor"]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("monitor-flow: No Production version") and "make train" in error
+    assert (
+        error.startswith("clothing-classifier monitor: No Production version")
+        and "make train" in error
+    )
 
 
 def test_bad_settings_fail_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--window-hours", "-1"]) == 2
+    assert cli.main(["monitor", "--window-hours", "-1"]) == 2
     assert "window_hours" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 
 from flows.train_flow import TrainFlowParams, train_flow
 from src import registry
-from src.monitoring.profile import PROFILE_ARTIFACT, ReferenceProfile
+from src.monitoring.reference_profile import PROFILE_ARTIFACT, ReferenceProfile
 from tests.helpers.flows import TinySources, flow_run_artifacts, use_project
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from src import registry
 from src.data.split import PreparedData
 from src.evaluate import evaluate_classifier
 from src.model_io import load_classifier, log_classifier, log_onnx
-from src.monitoring import versioning
+from src.monitoring import attachments
 from src.promotion import champion_predictions, score_model
 from tests.helpers.config import app_config
 from tests.helpers.flows import TinyStore
@@ -140,6 +140,6 @@ def test_a_payload_in_the_candidates_pt2_never_runs_in_evaluation_or_profiling(
     dataset = _dataset(tmp_path / "d.npz", 60, 7)
     _, predictions = score_model(client, candidate.run_id, dataset)  # evaluate_task's scoring
     cfg = app_config(monitor={"reference_sample_size": 50})
-    profile = versioning.validation_profile(cfg, client, candidate.run_id, dataset)
+    profile = attachments.validation_profile(cfg, client, candidate.run_id, dataset)
     assert len(predictions) == 60 and profile.n == 60
     assert not marker.exists(), "a train-flow step unpickled the candidate's pt2 archive"

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from src.config import AppConfig
 from src.labels import CLASS_NAMES
-from src.monitoring.service import PredictionMonitor
+from src.monitoring.answers import PredictionMonitor
 from src.serving.deps import require_api_key, serving_context
 from src.serving.rate_limit import ClientRateLimiter
 

@@ -12,8 +12,6 @@ from src.serving.routers import body_limit
 from src.serving.schemas import ERROR_RESPONSES, Prediction, multipart_body
 from src.serving.service import classify_request
 
-MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around one image
-
 
 def build_router(cfg: AppConfig) -> APIRouter:
     serve = cfg.serve
@@ -25,7 +23,7 @@ def build_router(cfg: AppConfig) -> APIRouter:
         openapi_extra=multipart_body("file", many=False, max_files=1),
         summary="Classify one image (multipart field `file`).",
     )
-    @body_limit(serve.max_image_bytes + MULTIPART_OVERHEAD)
+    @body_limit(serve.max_image_request_bytes)
     async def predict(request: Request, model: CurrentModel) -> Response:
         ctx = serving_context(request)
         results = await classify_request(request, ctx, model, field="file", max_files=1)

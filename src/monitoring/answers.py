@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from src.config import AppConfig
 from src.monitoring.inputs import InputInfo
-from src.monitoring.profile import THRESHOLD_TAG
+from src.monitoring.reference_profile import THRESHOLD_TAG
 from src.monitoring.store import PredictionRecord, PredictionStore, store_url
 from src.monitoring.writer import PredictionLogWriter
 

@@ -17,7 +17,12 @@ from src.monitoring.inputs import pixel_stats
 
 PROFILE_ARTIFACT = "monitoring/reference_profile.json"
 THRESHOLD_TAG = "low_confidence_threshold"  # version tag the API reads
+# The statistics the API logs per answer and the profile samples on validation, named once here
+# (the prediction log's columns, the profile's samples, the drift tests and the report use them).
 SAMPLED_STATS = ("confidence", "margin", "input_mean", "input_std")
+# Those whose distribution a drift test compares with validation's (KS): margin moves with
+# confidence, so it is kept for the report, not tested twice.
+KS_TESTED_STATS = ("confidence", "input_mean", "input_std")
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ def answer_stats(probabilities: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def build_profile(
+def build_reference_profile(
     images: np.ndarray,
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -107,17 +112,12 @@ def build_profile(
     shares = np.bincount(answers["class_id"], minlength=n_classes) / len(labels)
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.permutation(len(labels))[: min(sample_size, len(labels))])
-    values = {
-        "confidence": answers["confidence"],
-        "margin": answers["margin"],
-        "input_mean": means,
-        "input_std": stds,
-    }
+    values = {**answers, "input_mean": means, "input_std": stds}
     return ReferenceProfile(
         n=len(labels),
         accuracy=float(correct.mean()),
         class_shares=[float(s) for s in shares],
         low_confidence_share=float(np.mean(answers["confidence"] < threshold.value)),
         threshold=threshold,
-        samples={k: [round(float(x), 6) for x in v[picks]] for k, v in values.items()},
+        samples={k: [round(float(x), 6) for x in values[k][picks]] for k in SAMPLED_STATS},
     )

@@ -22,11 +22,11 @@ from src.monitoring.card import (
     dvc_revision,
     validation_summary,
 )
-from src.monitoring.profile import (
+from src.monitoring.reference_profile import (
     PROFILE_ARTIFACT,
     THRESHOLD_TAG,
     ReferenceProfile,
-    build_profile,
+    build_reference_profile,
 )
 
 
@@ -42,7 +42,7 @@ def validation_profile(
     images, labels = load_split(dataset_path, "val")
     classifier = load_served_classifier(client, run_id)
     probabilities = classifier.predict_proba_batched(normalize_array(images))
-    return build_profile(
+    return build_reference_profile(
         images,
         labels,
         probabilities,
@@ -62,7 +62,7 @@ def card_inputs(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     gate: Any,
-    profile: ReferenceProfile | None,
+    reference: ReferenceProfile | None,
 ) -> CardInputs:
     """Everything the card shows; ``gate`` is a :class:`src.gate.GateDecision`."""
     params = dict(client.get_run(run_id).data.params)
@@ -80,8 +80,8 @@ def card_inputs(
         gate_passed=bool(gate.passed),
         gate_reasons=list(gate.reasons),
         gate_details=dict(gate.details),
-        threshold=asdict(profile.threshold) if profile else {},
-        val_accuracy=profile.accuracy if profile else None,
+        threshold=asdict(reference.threshold) if reference else {},
+        val_accuracy=reference.accuracy if reference else None,
     )
 
 
@@ -90,15 +90,17 @@ def attach_to_version(
     client: Any,
     version: str,
     run_id: str,
-    profile: ReferenceProfile | None,
+    reference: ReferenceProfile | None,
     card: str | None,
 ) -> None:
-    """Log the profile and card to the run; tag the version with the threshold and the card."""
+    """Log the reference profile and card to the run; tag the version with the threshold and the card."""
     name = cfg.mlflow.registered_model_name
-    if profile is not None:
-        profile.model_version = version
-        client.log_text(run_id, profile.to_json(), PROFILE_ARTIFACT)
-        client.set_model_version_tag(name, version, THRESHOLD_TAG, f"{profile.threshold.value:.6f}")
+    if reference is not None:
+        reference.model_version = version
+        client.log_text(run_id, reference.to_json(), PROFILE_ARTIFACT)
+        client.set_model_version_tag(
+            name, version, THRESHOLD_TAG, f"{reference.threshold.value:.6f}"
+        )
         client.set_model_version_tag(
             name, version, "reference_profile", f"runs:/{run_id}/{PROFILE_ARTIFACT}"
         )
