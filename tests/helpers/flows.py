@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from src.labels import CLASS_NAMES
+from tests.helpers.training import TINY_NETWORK
 
 BIN = Path(sys.executable).parent
 
@@ -97,6 +99,7 @@ def project_env(root: Path, source: Path) -> dict[str, str]:
         "DATA_TASK_RETRY_DELAY_S": "0",
         "DATA_RETRY_DELAY_S": "0",
         "TRAIN_PROGRESS_BAR": "false",
+        "TRAIN_WIDTHS": json.dumps(TINY_NETWORK["widths"]),  # what the flow does, not accuracy
     }
 
 
