@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from src.labels import CLASS_NAMES
+from tests.helpers.training import TINY_NETWORK
 
 BIN = Path(sys.executable).parent
 
@@ -122,6 +124,7 @@ def project_env(root: Path, source: Path) -> dict[str, str]:
         "DATA_TASK_RETRY_DELAY_S": "0",
         "DATA_RETRY_DELAY_S": "0",
         "TRAIN_PROGRESS_BAR": "false",
+        "TRAIN_WIDTHS": json.dumps(TINY_NETWORK["widths"]),  # what the flow does, not accuracy
     }
 
 

@@ -23,7 +23,13 @@ def read_idx_prefix(folder: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(-1, 28, 28).copy(), labels.astype(np.int64)
 
 
+# The smallest network of the default family: these tests are about the training machinery
+# (modes, budget, resume, logging), not accuracy; 48-96-192 made them 5x slower.
+TINY_NETWORK = {"widths": [8, 16, 32]}
+
+
 def tiny_config(root: Path, **train: object) -> AppConfig:
+    """The smoke profile on a tiny network, with its runs and checkpoints under ``root``."""
     return load_config(
         profile="smoke",
         environ={},
@@ -34,6 +40,12 @@ def tiny_config(root: Path, **train: object) -> AppConfig:
                 "artifact_location": str(root / "mlartifacts"),
                 "experiment_name": "tiny",
             },
-            "train": {"max_epochs": 2, "batch_size": 64, "progress_bar": False, **train},
+            "train": {
+                "max_epochs": 2,
+                "batch_size": 64,
+                "progress_bar": False,
+                **TINY_NETWORK,
+                **train,
+            },
         },
     )

@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.api.conftest import (  # noqa: F401  (fixtures registered for this package too)
-    model_sources,
     registry,
     server_factory,
 )
 from tests.api.test_web_page import browser_page  # noqa: F401
-from tests.flows.conftest import prefect_api, prefect_server, tiny_sources  # noqa: F401
 from tests.helpers.api import free_port
 from tests.helpers.monitoring import (
     PG_BIN,

@@ -19,9 +19,9 @@ from src.monitoring import monitor
 from src.monitoring.drift import decide
 from src.monitoring.retrain import RETRAIN_TAGS, TriggeredRun, retrain_verdict
 from src.monitoring.store import PredictionStore
-from tests.flows.conftest import PrefectServer
 from tests.helpers.api import Registry, encode, wait_until
 from tests.helpers.config import app_config, monitor_config
+from tests.helpers.flows import PrefectServer
 from tests.helpers.monitoring import monitored_config
 from tests.monitoring.test_drift import _reference, _window
 from tests.monitoring.test_store import _record

@@ -10,8 +10,6 @@ from collections.abc import Iterator
 import pytest
 
 from deployments import stack as stack_module
-from tests.api.conftest import model_sources  # noqa: F401  (fixtures, registered here too)
-from tests.flows.conftest import tiny_sources  # noqa: F401
 from tests.helpers.flows import TinySources, make_project, project_env
 from tests.helpers.services import (
     PREFECT_YAML,
@@ -23,7 +21,7 @@ from tests.helpers.services import (
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory: pytest.TempPathFactory, tiny_sources: TinySources) -> Iterator[Team]:  # noqa: F811
+def team(tmp_path_factory: pytest.TempPathFactory, tiny_sources: TinySources) -> Iterator[Team]:
     """Every service up on 127.0.0.1; all of it stopped afterwards, also when a test fails."""
     project = make_project(tmp_path_factory.mktemp("team") / "project")
     flow_env = project_env(project, tiny_sources.good)
