@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse
 from benchmarks.bench_api import load_images, multipart, png_bytes, served_model
 from src.config import load_config
 from src.preprocessing import ALLOWED_FORMATS
-from src.serving.inference import ImageLimits, answers, decode_images
+from src.serving.inference import ImageLimits, answers, decode_all
 from src.serving.multipart import boundary_of, parse_parts
 from src.serving.observability import JsonFormatter, ServingMetrics
 
@@ -59,7 +59,7 @@ def request_steps(model: Any, body: bytes, content_type: str) -> dict[str, Calla
         body, boundary, max_files=1, max_fields=16, max_file_bytes=1 << 22, max_field_bytes=1 << 16
     )
     blob = parse()[0].data
-    images = decode_images([blob], [None], limits, None, [])
+    images = decode_all([blob], [None], limits, None, [])
     probabilities = model.predict_proba(images)
     result = answers(probabilities, model.class_names, model.version, serve.top_k)
     metrics = ServingMetrics()
@@ -74,7 +74,7 @@ def request_steps(model: Any, body: bytes, content_type: str) -> dict[str, Calla
 
     return {
         "multipart body -> parts": parse,
-        "PNG decode + preprocessing + input statistics": lambda: decode_images(
+        "PNG decode + preprocessing + input statistics": lambda: decode_all(
             [blob], [None], limits, None, []
         ),
         "forward (ONNX Runtime, 1 thread, batch 1)": lambda: model.predict_proba(images),

@@ -104,8 +104,9 @@ def decode_all(
     cancelled: threading.Event | None = None,
     inputs: list[InputInfo] | None = None,
 ) -> np.ndarray:
-    """Decode every file into a (N, 28, 28) uint8 stack, or raise :class:`BadImages` naming each
-    bad file; ``inputs``, when given, receives one :class:`InputInfo` per file."""
+    """Decode every file into the model's normalised input (N, 1, 28, 28), or raise
+    :class:`BadImages` naming each bad file; ``inputs``, when given, receives one
+    :class:`InputInfo` per file."""
     arrays: list[np.ndarray] = []
     problems: list[ImageProblem] = []
     budget = [limits.max_batch_pixels]
@@ -118,21 +119,9 @@ def decode_all(
             problems.append(ImageProblem(index, filenames[index], str(exc)))
     if problems:
         raise BadImages(problems)
-    return np.stack(arrays)
-
-
-def decode_images(
-    blobs: Sequence[bytes | memoryview],
-    filenames: Sequence[str | None],
-    limits: ImageLimits,
-    cancelled: threading.Event | None = None,
-    inputs: list[InputInfo] | None = None,
-) -> np.ndarray:
-    """Every file → the model's normalised input (N, 1, 28, 28); see :func:`decode_all`."""
-    images = decode_all(blobs, filenames, limits, cancelled, inputs)
     if cancelled is not None and cancelled.is_set():
         raise ClientGone
-    return normalize_array(images)
+    return normalize_array(np.stack(arrays))
 
 
 def classify(
@@ -147,7 +136,7 @@ def classify(
 ) -> list[dict[str, Any]]:
     """Decode every file, then run ONE forward over all of them with ``model``; ``inputs``, when
     given, receives one :class:`InputInfo` per file (for the prediction log)."""
-    images = decode_images(blobs, filenames, limits, cancelled, inputs)
+    images = decode_all(blobs, filenames, limits, cancelled, inputs)
     return answers(model.predict_proba(images), model.class_names, model.version, top_k)
 
 

@@ -26,7 +26,7 @@ from src.serving.inference import (
     ClientGone,
     ImageLimits,
     answers,
-    decode_images,
+    decode_all,
 )
 from src.serving.model_store import LoadedModel
 from src.serving.multipart import (
@@ -188,7 +188,7 @@ async def classify_request(
         files = _parse(body, boundary, field, max_files, ctx, path)
         counted[0] = len(files)
         blobs, names = [part.data for part in files], [part.filename for part in files]
-        return decode_images(blobs, names, limits, cancelled, inputs)
+        return decode_all(blobs, names, limits, cancelled, inputs)
 
     try:
         probabilities = await probabilities_for(request, ctx, model, decode, single=max_files == 1)
