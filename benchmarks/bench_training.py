@@ -122,7 +122,7 @@ def bench_lightning(cfg: TrainConfig, dataset: Path, steps: int) -> float:
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        precision=cfg.precision,  # type: ignore[arg-type]
+        precision=cfg.precision,
         max_steps=steps + WARMUP_STEPS,
         limit_val_batches=0,
         logger=False,

@@ -88,7 +88,7 @@ class DataOnlyResultStorage(LocalFileSystem):
     _block_type_name = "Clothing Classifier Data-Only Results"
     _block_type_slug = "clothing-classifier-data-only-results"
 
-    def read_path(self, path: str, _sync: bool | None = None) -> bytes:  # type: ignore[override]
+    def read_path(self, path: str, _sync: bool | None = None) -> bytes:
         return checked_record(_read_regular_file(self._resolve_path(path)))
 
     async def aread_path(self, path: str) -> bytes:

@@ -169,7 +169,7 @@ def export_onnx(model: torch.nn.Module, path: Path) -> Path:
                 str(path),
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                 dynamo=False,
-                **names,  # type: ignore[arg-type]
+                **names,
             )
         except Exception:
             batch = torch.export.Dim("batch", min=1, max=65536)
@@ -179,7 +179,7 @@ def export_onnx(model: torch.nn.Module, path: Path) -> Path:
                 str(path),
                 dynamic_shapes={"x": {0: batch}},
                 dynamo=True,
-                **names,  # type: ignore[arg-type]
+                **names,
             )
     return path
 

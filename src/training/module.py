@@ -111,7 +111,7 @@ class LitClassifier(L.LightningModule):
         init = getattr(self.model, "init_from_data", None)
         if init is not None and self.trainer.ckpt_path is None:
             # Data-dependent stem (patch whitening): from the first training images, once.
-            images = self.trainer.datamodule.datasets["train"].images[:5000]  # type: ignore[attr-defined]
+            images = self.trainer.datamodule.datasets["train"].images[:5000]
             init(images.to(self.device))
 
     def on_fit_end(self) -> None:
@@ -135,7 +135,7 @@ class LitClassifier(L.LightningModule):
         for key in ("val_loss", "val_accuracy", "val_macro_f1"):
             if key in metrics:
                 row[key] = float(metrics[key])
-        row["lr"] = float(self.optimizers().param_groups[0]["lr"])  # type: ignore[union-attr]
+        row["lr"] = float(self.optimizers().param_groups[0]["lr"])
         self.history.append(row)
         self.log("train_loss_epoch", row.get("train_loss", float("nan")))
         self.log("elapsed_minutes", row["elapsed_s"] / 60.0)

@@ -172,7 +172,7 @@ def stop_reason(
 ) -> str:
     """Why fit ended, in words (logged as the run's ``stop_reason`` tag)."""
     done = int(module.history[-1]["epoch"]) if module.history else trainer.current_epoch
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     remaining = timer.time_remaining() if timer is not None else None
     if early.stopped_epoch > 0:
         return f"early stopping: no val_macro_f1 gain in {early.patience} epochs"
@@ -384,7 +384,7 @@ def fit_model(cfg: AppConfig, setup: FitSetup, run_id: str) -> FitOutcome:
         strategy=resolve_strategy(tcfg, tcfg.accelerator),
         # The datamodule shards by itself (its batches are index lists, not samples).
         use_distributed_sampler=False,
-        precision=tcfg.precision,  # type: ignore[arg-type]
+        precision=tcfg.precision,
         max_epochs=tcfg.max_epochs,
         max_time=max_time,
         logger=MLFlowLogger(tracking_uri=cfg.tracking_uri, run_id=run_id),
