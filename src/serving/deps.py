@@ -32,7 +32,7 @@ class ServingContext:
     single_slots: anyio.CapacityLimiter
     batch_slots: anyio.CapacityLimiter
     api_key: bytes | None
-    # Set by create_app: stamps prediction_id/low_confidence and queues answers for the log.
+    # Built by build_context: stamps prediction_id/low_confidence and queues answers for the log.
     monitor: PredictionMonitor | None = None
 
 
