@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,18 +148,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config()
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    try:
-        dataset = Path(args.dataset) if args.dataset else _default_dataset()
-        if args.checkpoint:
-            classifier = classifier_from_checkpoint(args.checkpoint)
-        else:
-            uri = args.model_uri or f"runs:/{args.run_id}/{MODEL_ARTIFACT_NAME}"
-            classifier = load_classifier(uri)
-        result = evaluate_classifier(classifier, dataset, split=args.split)
-    except (FileNotFoundError, ValueError, mlflow.exceptions.MlflowException) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    dataset = Path(args.dataset) if args.dataset else _default_dataset()
+    if args.checkpoint:
+        classifier = classifier_from_checkpoint(args.checkpoint)
+    else:
+        uri = args.model_uri or f"runs:/{args.run_id}/{MODEL_ARTIFACT_NAME}"
+        classifier = load_classifier(uri)
+    result = evaluate_classifier(classifier, dataset, split=args.split)
     print(f"model: {classifier.model_uri}")
     print(f"dataset: {dataset}")
     print(result.table())
@@ -194,4 +188,6 @@ def _log_to_mlflow(model_uri: str | None, run_id: str | None, result: EvalResult
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from src.cli import call
+
+    raise SystemExit(call("evaluate", main))

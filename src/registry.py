@@ -592,12 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "history":
         print(format_history(production_history(client, name)))
         return 0
-    try:
-        with registry_lock(cfg.tracking_uri, cfg.paths.outputs / "locks"):
-            _change(client, name, args)
-    except (RegistryError, TimeoutError) as exc:
-        print(f"error: {exc}")
-        return 1
+    with registry_lock(cfg.tracking_uri, cfg.paths.outputs / "locks"):
+        _change(client, name, args)
     print(describe(client, name))
     return 0
 
@@ -625,4 +621,6 @@ def _change(client: MlflowClient, name: str, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from src.cli import call
+
+    raise SystemExit(call("registry", main))

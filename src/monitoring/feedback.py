@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from src.config import ConfigError, load_config
+from src.config import load_config
+from src.errors import Refused
 from src.labels import CLASS_NAMES
 from src.monitoring.store import PredictionStore, redact_url, store_url
 from src.preprocessing import IMAGE_SIZE
@@ -97,19 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder to write")
     parser.add_argument("--merge-with", type=Path, help="IDX/CSV folder to append the images to")
     args = parser.parse_args(argv)
+    cfg = load_config()
     try:
-        cfg = load_config()
         store = PredictionStore(store_url(cfg))
-    except ConfigError as exc:
-        print(f"feedback export: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
-        print(
-            f"feedback export: cannot open the prediction log at {redact_url(store_url(cfg))} "
-            f"({type(exc).__name__}: {exc}); check MONITOR_STORE_URL.",
-            file=sys.stderr,
-        )
-        return 1
+        raise Refused(
+            f"cannot open the prediction log at {redact_url(store_url(cfg))} "
+            f"({type(exc).__name__}: {exc}); check MONITOR_STORE_URL."
+        ) from exc
     limit = cfg.monitor.max_labelled_rows
     try:
         result = export_feedback(store.labelled(limit=limit), args.out, args.merge_with)
@@ -134,4 +130,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from src.cli import call
+
+    raise SystemExit(call("export-feedback", main))

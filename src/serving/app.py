@@ -1,4 +1,5 @@
-"""The app factory: :func:`create_app` wires config, model store, routes, errors and middleware."""
+"""The app factory: :func:`create_app` wires config, model store, monitor, every router (``ROUTERS``),
+errors and middleware, and owns the one lifespan (:func:`lifespan_for`)."""
 
 from __future__ import annotations
 

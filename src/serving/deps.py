@@ -37,7 +37,7 @@ class ServingContext:
     forwarder: Forwarder
     # A worker with one core decodes a /predict image this small on the event loop; None: never.
     inline_limits: ImageLimits | None = None
-    # Set by create_app: stamps prediction_id/low_confidence and queues answers for the log.
+    # Built by build_context: stamps prediction_id/low_confidence and queues answers for the log.
     monitor: PredictionMonitor | None = None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -24,22 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="config profile, e.g. smoke")
     args = parser.parse_args(argv)
 
-    from src.config import ConfigError, load_config
+    from src.config import load_config
     from src.data.split import PreparedData
     from src.training.train import train_model
 
     dataset = Path(args.dataset)
     if not dataset.is_file():
-        print(
-            f"error: {dataset} not found; run the data flow first or fix --dataset.",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"{dataset} not found; run the data flow first or fix --dataset.")
+    cfg = load_config(args.profile)
     prepared = PreparedData.from_file(dataset, args.data_md5, args.split_hash)
     result = train_model(prepared, cfg)
     print(
@@ -51,4 +42,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from src.cli import call
+
+    raise SystemExit(call("fit", main))

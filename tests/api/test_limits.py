@@ -252,7 +252,10 @@ def test_registry_credentials_never_reach_a_response_or_the_log(
 
     secret_uri = "http://alice:t0ps3cret@127.0.0.1:9/?token=abcdef123"
     with TestClient(create_app(make_config(secret_uri, registry.name))) as client:
-        ready = wait_until(lambda: (r := client.get("/ready")).json().get("reason") and r)
+        # The first check's outcome, not the "starting" reason shown until it has finished.
+        ready = wait_until(
+            lambda: "unreachable" in ((r := client.get("/ready")).json().get("reason") or "") and r
+        )
         predict = client.post("/predict", files={"file": ("x.png", GOOD_PNG)})
         texts = [ready.text, predict.text, client.get("/metrics").text]
     texts.append(capsys.readouterr().err)

@@ -475,7 +475,7 @@ def test_cli_rollback_and_history(tiny_store: TinyStore, tmp_path: Any) -> None:
     assert f"Rolled back Production from v{v2} to v{v1}." in done.stdout
     _assert_one_production(client, name, v1)
     refused = cli("rollback", "--to", v1, "--reason", "again")
-    assert refused.returncode == 1 and f"Version {v1} is already Production" in refused.stdout
+    assert refused.returncode == 1 and f"Version {v1} is already Production" in refused.stderr
     shown = cli("history")
     assert shown.returncode == 0, shown.stderr
     last = shown.stdout.strip().splitlines()[-1]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from src import cli
 from src.config import AppConfig
 from src.evaluate import evaluate_classifier, main, metric_key
 from src.labels import CLASS_NAMES
@@ -62,6 +63,7 @@ def test_cli_checkpoint(
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: Any) -> None:
-    assert main(["--checkpoint", str(tmp_path / "missing.ckpt"), "--dataset", "x.npz"]) == 2
+    args = ["--checkpoint", str(tmp_path / "missing.ckpt"), "--dataset", "x.npz"]
+    assert cli.call("evaluate", main, args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err
+    assert err.startswith("clothing-classifier evaluate: Checkpoint") and "\n" not in err
