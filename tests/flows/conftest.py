@@ -13,13 +13,14 @@ from tests.helpers.flows import (
     TinyStore,
     tiny_model,
 )
+from tests.helpers.mlflow_db import new_sqlite_store
 
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStore]:
     """A sqlite MLflow store in a temp dir holding one logged tiny model."""
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = new_sqlite_store(root / "mlflow.db")
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from src.labels import CLASS_NAMES
+from tests.helpers.mlflow_db import new_sqlite_store
 from tests.helpers.training import TINY_NETWORK
 
 BIN = Path(sys.executable).parent
@@ -116,6 +117,7 @@ def use_project(root: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     """A fresh project at ``root`` reading data from ``source``, its settings in the environment
     (and no profile from the caller's), for the length of a test."""
     make_project(root)
+    new_sqlite_store(root / "mlflow.db")  # project_env's MLFLOW_TRACKING_URI, schema made
     for key, value in project_env(root, source).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("PROFILE", raising=False)

@@ -33,6 +33,7 @@ from src.monitoring import versioning
 from src.monitoring.card import build_card
 from tests.helpers.api import encode, start_server, stop_server, wait_until
 from tests.helpers.flows import QUIET_ENV, PrefectServer, api_post
+from tests.helpers.mlflow_db import new_sqlite_store
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "loop-classifier"
@@ -118,7 +119,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Wo
         **{f"x_{p}": images[i] for p, i in zip(("train", "val", "test"), parts[:3], strict=False)},
         **{f"y_{p}": labels[i] for p, i in zip(("train", "val", "test"), parts[:3], strict=False)},
     )
-    tracking_uri = f"sqlite:///{root}/mlflow.db"
+    tracking_uri = new_sqlite_store(root / "mlflow.db")
     cfg = load_config(
         overrides={
             "mlflow": {"tracking_uri": tracking_uri, "registered_model_name": NAME},
