@@ -37,6 +37,9 @@ from tests.helpers.mlflow_db import new_sqlite_store
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "loop-classifier"
+# Its own train-flow deployment: the session's Prefect server also holds train-flow/weekly and its
+# runs (tests/flows/test_deployments.py).
+DEPLOYMENT = "train-flow/closed-loop"
 
 
 @dataclass
@@ -171,6 +174,7 @@ def _monitor(
         "MLFLOW_ARTIFACT_LOCATION": str(world.root / "monitoring-artifacts"),
         "MONITOR_STORE_URL": world.store_url,
         "MONITOR_MIN_PREDICTIONS": "200",
+        "MONITOR_TRAIN_DEPLOYMENT": DEPLOYMENT,
         **env,
     }
     return subprocess.run(
@@ -195,7 +199,7 @@ def _train_deployment(server: PrefectServer) -> str:
     deployment = httpx.post(
         f"{server.api_url}/deployments/",
         json={
-            "name": "weekly",
+            "name": DEPLOYMENT.split("/")[1],
             "flow_id": flow_id.json()["id"],
             "entrypoint": "flows/train_flow.py:train_flow",
             "path": str(REPO),
