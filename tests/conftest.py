@@ -64,9 +64,10 @@ def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
 
     from src.model_io import log_classifier, log_onnx
     from tests.helpers.api import LoggedModel, ModelSources, constant_model, image_dependent_model
+    from tests.helpers.mlflow_db import new_sqlite_store
 
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = new_sqlite_store(root / "mlflow.db")
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.create_experiment("api-tests", artifact_location=(root / "art").as_uri())

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from src.labels import CLASS_NAMES
+from tests.helpers.mlflow_db import new_sqlite_store
 from tests.helpers.training import TINY_NETWORK
 
 BIN = Path(sys.executable).parent
@@ -42,8 +43,9 @@ def open_tiny_store(root: Path) -> Iterator[TinyStore]:
     from mlflow.tracking import MlflowClient
 
     from src.model_io import log_classifier, log_onnx
+    from tests.helpers.mlflow_db import new_sqlite_store
 
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = new_sqlite_store(root / "mlflow.db")
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -141,6 +143,7 @@ def use_project(root: Path, source: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     """A fresh project at ``root`` reading data from ``source``, its settings in the environment
     (and no profile from the caller's), for the length of a test."""
     make_project(root)
+    new_sqlite_store(root / "mlflow.db")  # project_env's MLFLOW_TRACKING_URI, schema made
     for key, value in project_env(root, source).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("PROFILE", raising=False)

@@ -9,6 +9,7 @@ import numpy as np
 
 from src.config import AppConfig, load_config
 from src.data.split import PreparedData
+from tests.helpers.mlflow_db import new_sqlite_store
 
 
 def tiny_prepared(dataset_path: Path) -> PreparedData:
@@ -29,14 +30,16 @@ TINY_NETWORK = {"widths": [8, 16, 32]}
 
 
 def tiny_config(root: Path, **train: object) -> AppConfig:
-    """The smoke profile on a tiny network, with its runs and checkpoints under ``root``."""
+    """The smoke profile on a tiny network, with its runs and checkpoints under ``root`` (and an
+    empty MLflow store there, made by copying: see tests.helpers.mlflow_db)."""
+    tracking_uri = new_sqlite_store(root / "mlflow.db")
     return load_config(
         profile="smoke",
         environ={},
         overrides={
             "paths": {"root": str(root)},
             "mlflow": {
-                "tracking_uri": f"sqlite:///{root}/mlflow.db",
+                "tracking_uri": tracking_uri,
                 "artifact_location": str(root / "mlartifacts"),
                 "experiment_name": "tiny",
             },

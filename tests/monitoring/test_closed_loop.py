@@ -33,9 +33,13 @@ from src.monitoring import attachments
 from src.monitoring.card import build_card
 from tests.helpers.api import encode, start_server, stop_server, wait_until
 from tests.helpers.flows import QUIET_ENV, PrefectServer, api_post
+from tests.helpers.mlflow_db import new_sqlite_store
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "loop-classifier"
+# Its own train-flow deployment: the session's Prefect server also holds train-flow/weekly and its
+# runs (tests/flows/test_deployments.py).
+DEPLOYMENT = "train-flow/closed-loop"
 
 
 @dataclass
@@ -120,7 +124,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Wo
         **{f"x_{p}": images[i] for p, i in zip(("train", "val", "test"), parts[:3], strict=False)},
         **{f"y_{p}": labels[i] for p, i in zip(("train", "val", "test"), parts[:3], strict=False)},
     )
-    tracking_uri = f"sqlite:///{root}/mlflow.db"
+    tracking_uri = new_sqlite_store(root / "mlflow.db")
     cfg = load_config(
         overrides={
             "mlflow": {"tracking_uri": tracking_uri, "registered_model_name": NAME},
@@ -172,6 +176,7 @@ def _monitor(
         "MLFLOW_ARTIFACT_LOCATION": str(world.root / "monitoring-artifacts"),
         "MONITOR_STORE_URL": world.store_url,
         "MONITOR_MIN_PREDICTIONS": "200",
+        "MONITOR_TRAIN_DEPLOYMENT": DEPLOYMENT,
         **env,
     }
     return subprocess.run(
@@ -196,7 +201,7 @@ def _train_deployment(server: PrefectServer) -> str:
     deployment = httpx.post(
         f"{server.api_url}/deployments/",
         json={
-            "name": "weekly",
+            "name": DEPLOYMENT.split("/")[1],
             "flow_id": flow_id.json()["id"],
             "entrypoint": "flows/train_flow.py:train_flow",
             "path": str(REPO),
