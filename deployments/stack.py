@@ -577,6 +577,8 @@ def replica_env(stack: Stack, index: int) -> dict[str, str]:
         "PGPASSFILE": str(stack.passfile),
         "MONITOR_STORE_URL": stack.api_store_urls[index],
         "PROFILE": "",
+        # The replicas are the stack's unit of scale (nginx spreads over them): one worker each.
+        "SERVE_WORKERS": "1",
     }
     return env
 
