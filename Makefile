@@ -23,13 +23,12 @@ help: ## list the targets
 		awk -F'\t' '{printf "make %-15s %s\n", $$1, $$2}'
 
 # Installs go through the locks (requirements/<role>.txt, hashes checked), then the project itself
-# (editable, no dependencies). The lock check runs first and needs only Python. No byte-compiling
-# at install (--no-compile): Python compiles the modules a process imports, a fraction of the 26k.
+# (editable, no dependencies). The lock check runs first and needs only Python.
 LOCK_CHECK := $(PYTHON) -m deployments.lock check
 $(VENV)/.installed-%: requirements/%.txt pyproject.toml setup.py
 	@$(LOCK_CHECK) >/dev/null
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile --require-hashes -r $<
+	$(PY) -m pip install -q --require-hashes -r $<
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -14,7 +14,7 @@ CPU seconds of the service's processes and of wrk itself are counted per request
 forward batch sizes are read back from ``/metrics``. Model: the configured registry's Production
 version (else the stand-in of :mod:`benchmarks.bench_api`).
 
-    python -m benchmarks.bench_capacity                # about 3 minutes
+    python -m benchmarks.bench_capacity                # a few minutes
     python -m benchmarks.bench_capacity --seconds 5 --modes off,auto
 
 Results: markdown on stdout, JSON in ``outputs/benchmarks/bench_capacity.json``. Run it on a

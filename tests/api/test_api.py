@@ -34,6 +34,25 @@ GOOD_PNG = encode(sample_images(1)[0])
 KEY = "k3y-for-tests-0123456789abcdef"
 
 
+def _client(registry: Registry, **serve: Any) -> TestClient:
+    registry.add_production("varied")
+    return api_client_for(
+        registry,
+        max_image_bytes=200_000,
+        max_batch_bytes=1_000_000,
+        max_batch_files=4,
+        max_image_pixels=300 * 300,
+        **serve,
+    )
+
+
+@pytest.fixture
+def client(registry: Registry) -> Iterator[TestClient]:
+    test_client = _client(registry)
+    yield test_client
+    test_client.__exit__(None, None, None)
+
+
 # Both request paths: a lone process (forwards in worker threads) and a worker with one core
 # (`make serve`'s default: small images decoded and forwarded on the event loop).
 WORKER_SHAPES = {
@@ -43,16 +62,8 @@ WORKER_SHAPES = {
 
 
 @pytest.fixture(params=sorted(WORKER_SHAPES))
-def client(registry: Registry, request: pytest.FixtureRequest) -> Iterator[TestClient]:
-    registry.add_production("varied")
-    test_client = api_client_for(
-        registry,
-        max_image_bytes=200_000,
-        max_batch_bytes=1_000_000,
-        max_batch_files=4,
-        max_image_pixels=300 * 300,
-        **WORKER_SHAPES[request.param],
-    )
+def any_path_client(registry: Registry, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    test_client = _client(registry, **WORKER_SHAPES[request.param])
     context = test_client.app.state.serving  # type: ignore[attr-defined]
     assert (context.inline_limits is None) == (request.param == "threads")
     yield test_client
@@ -64,7 +75,10 @@ def _predict(client: TestClient, data: bytes, name: str = "x.png", **kwargs: Any
 
 
 # --- predictions -----------------------------------------------------------------------------
-def test_predict_answers_like_the_model_in_process(client: TestClient, registry: Registry) -> None:
+def test_predict_answers_like_the_model_in_process(
+    any_path_client: TestClient, registry: Registry
+) -> None:
+    client = any_path_client
     module = registry.sources.varied_module
     for array in sample_images(3, seed=5):
         data = encode(array)
@@ -95,8 +109,13 @@ def test_predict_answers_like_the_model_in_process(client: TestClient, registry:
     ],
 )
 def test_accepts_every_allowed_format_in_any_mode_and_size(
-    client: TestClient, fmt: str, mode: str, size: tuple[int, int], params: dict[str, Any]
+    any_path_client: TestClient,
+    fmt: str,
+    mode: str,
+    size: tuple[int, int],
+    params: dict[str, Any],
 ) -> None:
+    client = any_path_client
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(
         mode
@@ -188,7 +207,8 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
-def test_bad_files_get_a_clear_4xx(client: TestClient, case: str) -> None:
+def test_bad_files_get_a_clear_4xx(any_path_client: TestClient, case: str) -> None:
+    client = any_path_client
     data, status, words = BAD_FILES[case]
     response = _predict(client, data)
     assert response.status_code == status, response.text

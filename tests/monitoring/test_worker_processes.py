@@ -92,16 +92,18 @@ def answering_pids(server: Server) -> set[int]:
     return pids
 
 
-def logged_ids(url: str) -> list[str]:
+def logged_ids(url: str, since: float) -> list[str]:
+    """Ids of the answers logged since ``since`` (the PostgreSQL database is the session's)."""
     store = PredictionStore(url)
     try:
-        return [row["prediction_id"] for row in store.recent_predictions(0)]
+        return [row["prediction_id"] for row in store.recent_predictions(since)]
     finally:
         store.close()
 
 
 def check_one_service(tmp_path: Path, registry: Registry, store_url: str, **env: str) -> None:
     registry.add_production("varied")
+    started = time.time()
     server = two_workers(tmp_path, registry, **env)
     try:
         ids = post_images(server.url, REQUESTS)
@@ -116,7 +118,7 @@ def check_one_service(tmp_path: Path, registry: Registry, store_url: str, **env:
     finally:
         stop_server(server)  # the workers flush their log queues as they stop
     assert len(answering_pids(server)) == 2, "both workers should have answered"
-    logged = logged_ids(store_url)
+    logged = logged_ids(store_url, started)
     assert len(ids) == len(set(ids)) == REQUESTS
     assert sorted(logged) == sorted(ids)  # every answer once, nothing lost, nothing twice
 
