@@ -84,8 +84,13 @@ browser-deps: ## install Debian's Chromium for the browser test, if missing
 unit: install ## the fast tests only (no real servers, no real data, no fresh installs)
 	$(BIN)/pytest -m "not integration and not services and not install"
 
-test: lock-check install lint typecheck docs browser-deps postgres-deps edge-deps ## what CI runs: lint, types, docs, all tests
-	$(BIN)/pytest
+# The type check (a minute of one core on a clean clone) runs beside pytest, which spends much of
+# its time waiting for the servers it starts; its report follows the tests' and either fails the run.
+test: lock-check install lint docs browser-deps postgres-deps edge-deps ## what CI runs: lint, types, docs, all tests
+	@report=$$(mktemp); $(BIN)/mypy src flows benchmarks deployments > $$report 2>&1 & types=$$!; \
+	$(BIN)/pytest; tests=$$?; wait $$types; typed=$$?; \
+	echo "$(BIN)/mypy src flows benchmarks deployments"; cat $$report; rm -f $$report; \
+	if [ $$typed -ne 0 ]; then exit $$typed; fi; exit $$tests
 
 # Debian's PostgreSQL for the services test and `make stack`. Those run their own server in a
 # temporary folder, so the package's default system cluster is not created.
