@@ -88,11 +88,10 @@ def store_gauges(store: ModelStore) -> StoreGauges:
 
 
 def build_forwarder(serve: ServeConfig, metrics: ServingMetrics) -> Forwarder:
-    """Direct forwards: at most the worker's share of the cores at once (one thread each)."""
+    """Direct forwards run under the context's single/batch slots (the worker's core share)."""
     return Forwarder(
         serve.micro_batch,
         None,  # the batcher thread starts with the app (serve_from_registry)
-        direct_slots=max(1, worker_cores(serve) // serve.inference_threads),
         on_forward=lambda kind, n: metrics.batch_size.labels(kind=kind).observe(n),
     )
 

@@ -161,19 +161,18 @@ class MicroBatcher:
 
 class Forwarder:
     """How one worker forwards the images of a request: through the :class:`MicroBatcher`
-    (``/predict`` when micro-batching is on for the model) or directly, at most ``direct_slots``
-    forwards at once. Tells ``on_forward(kind, n)`` every direct forward's size."""
+    (``/predict`` when micro-batching is on for the model) or directly; how many direct forwards
+    run at once is bounded by the caller's slots (per kind, so a batch never queues a
+    ``/predict``). Tells ``on_forward(kind, n)`` every direct forward's size."""
 
     def __init__(
         self,
         mode: str,
         batcher: MicroBatcher | None,
-        direct_slots: int,
         on_forward: Callable[[str, int], None],
     ) -> None:
         self.mode = mode
         self.batcher = batcher
-        self._slots = threading.BoundedSemaphore(direct_slots)
         self.on_forward = on_forward
 
     def batches(self, speedup: float) -> bool:
@@ -194,8 +193,7 @@ class Forwarder:
         kind = "single" if single else "batch"
 
         def direct(images: np.ndarray) -> np.ndarray:
-            with self._slots:
-                probabilities = model.predict_proba(images)
+            probabilities = model.predict_proba(images)
             self.on_forward(kind, len(images))
             return probabilities
 

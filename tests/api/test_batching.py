@@ -103,7 +103,7 @@ def test_models_are_never_mixed_and_errors_reach_every_request() -> None:
 
 
 def test_auto_batches_only_where_the_measured_speedup_pays() -> None:
-    forwarder = Forwarder("auto", MicroBatcher(4, 0.0, lambda n: None), 1, lambda k, n: None)
+    forwarder = Forwarder("auto", MicroBatcher(4, 0.0, lambda n: None), lambda k, n: None)
     try:
         assert forwarder.batches(MIN_SPEEDUP) and not forwarder.batches(MIN_SPEEDUP - 0.01)
         forwarder.mode = "on"
