@@ -22,32 +22,49 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
 		awk -F'\t' '{printf "make %-15s %s\n", $$1, $$2}'
 
-# Installs go through the locks (requirements/<role>.txt, hashes checked), then the project itself
-# (editable, no dependencies). The lock check runs first and needs only Python.
-LOCK_CHECK := $(PYTHON) -m deployments.lock check
-$(VENV)/.installed-%: requirements/%.txt pyproject.toml setup.py
-	@$(LOCK_CHECK) >/dev/null
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --require-hashes -r $<
-	$(PY) -m pip install -q --no-deps -e .
-	touch $@
+# Installs: the Makefile brings its own installer, uv, pinned with the hashes of every platform's
+# wheel in requirements/uv.txt, into .tools/ (the Python's own pip installs that one package, so any
+# pip will do); uv then installs the project's environment from uv.lock, the one universal lock.
+# preflight.py refuses an unsupported Python or platform in one line before anything downloads. A
+# step that was interrupted left no stamp, so the next make redoes it (uv sync repairs .venv).
+TOOLS ?= .tools
+UV := $(TOOLS)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-install: $(VENV)/.installed-dev ## create .venv and install every role from the lock: train, services, test, docs
+$(TOOLS)/.ready: requirements/uv.txt
+	@$(PYTHON) deployments/preflight.py
+	@rm -rf $(TOOLS)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r $<
+	@touch $@
 
-install-train: $(VENV)/.installed-train ## create .venv and install the pipeline and training (train role)
+# The roles: serve = the base dependencies, train = + train, dev = every extra. dev syncs exactly
+# (it is the superset, so stale packages go); the others only add what they lack, so a smaller
+# role never strips the test tools of a larger one installed before.
+SYNC_serve := --inexact
+SYNC_train := --inexact --extra train
+SYNC_dev := --all-extras
+$(VENV)/.installed-%: uv.lock pyproject.toml setup.py $(TOOLS)/.ready
+	$(UV) sync --locked --python $(PYTHON) $(SYNC_$*)
+	@touch $@
 
-install-serve: $(VENV)/.installed-serve ## create .venv and install what serving needs (the base role)
+install: $(VENV)/.installed-dev ## create .venv and install every role from uv.lock: train, services, test, docs
 
-# pip resolves, from its own venv (pinned pip) so the project's venv stays as locked.
-LOCK_PIP ?= pip==26.3
-LOCK_VENV ?= .lock-venv
-lock: ## re-resolve requirements/*.txt from pyproject.toml (ARGS=--upgrade for the newest versions)
-	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/python -m pip install -q '$(LOCK_PIP)'
-	$(LOCK_VENV)/bin/python -m deployments.lock compile $(ARGS)
+install-train: $(VENV)/.installed-train ## create .venv and install the pipeline and training (train extra)
 
-lock-check: ## fail when pyproject.toml and the locks in requirements/ disagree
-	$(LOCK_CHECK)
+install-serve: $(VENV)/.installed-serve ## create .venv and install what serving needs (the base dependencies)
+
+lock: $(TOOLS)/.ready ## re-resolve uv.lock and requirements/uv.txt from pyproject.toml (ARGS=--upgrade)
+	echo "uv==$$($(PYTHON) -m deployments.lock uv-version)" | $(UV) pip compile --no-config - \
+		--universal --generate-hashes --python-version 3.11 --no-annotate \
+		--custom-compile-command "make lock" --quiet --output-file requirements/uv.txt
+	$(MAKE) --no-print-directory $(TOOLS)/.ready
+	$(UV) lock $(ARGS)
+
+lock-check: $(TOOLS)/.ready ## fail when pyproject.toml and uv.lock (or the uv pin) disagree
+	$(PYTHON) -m deployments.lock check
+	$(UV) lock --check
 
 train: install-train ## run the train-flow (download, validate, version, split, train, gate, promote)
 	$(PY) -m flows.train_flow
@@ -93,11 +110,10 @@ test: lock-check install lint docs browser-deps postgres-deps edge-deps ## what 
 	if [ $$typed -ne 0 ]; then exit $$typed; fi; exit $$tests
 
 # Debian's PostgreSQL for the services test and `make stack`. Those run their own server in a
-# temporary folder, so the package's default system cluster is not created.
-PG_BIN ?= /usr/lib/postgresql/15/bin
-export STACK_PG_BIN := $(PG_BIN)
+# temporary folder, so the package's default system cluster is not created. Its tools are found by
+# what is installed (deployments/postgres.py: pg_config, PATH, /usr/lib/postgresql/<newest>).
 postgres-deps: ## install Debian's PostgreSQL for the services test and make stack, if missing
-	@test -x $(PG_BIN)/initdb || ( \
+	@$(PYTHON) -m deployments.postgres >/dev/null 2>&1 || ( \
 		mkdir -p /etc/postgresql-common/createcluster.d && \
 		echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/no-main-cluster.conf && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)

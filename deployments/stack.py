@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from deployments import edge as edge_files
+from deployments import postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PG_BIN = Path(os.environ.get("STACK_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = postgres.pg_bin() or Path("/usr/lib/postgresql/bin")  # the message below names the fix
 PG_USER = "stack"  # the database role every service uses
 OS_USER = "postgres"  # initdb and the server refuse to run as root; Debian's package adds this user
 MLFLOW_BUCKET = "mlflow-artifacts"
@@ -337,7 +338,7 @@ def start_postgres(stack: Stack, password: str) -> None:
     """``initdb`` (password auth on 127.0.0.1 only, no Unix socket) + ``pg_ctl start``."""
     if not (PG_BIN / "initdb").is_file():
         raise StackError(
-            f"PostgreSQL is not installed ({PG_BIN}/initdb missing); run `make postgres-deps` "
+            "PostgreSQL's server tools (initdb) are not installed; run `make postgres-deps` "
             "(Debian package postgresql) or set STACK_PG_BIN to its bin folder."
         )
     pwfile = stack.pg_dir / "pwfile"

@@ -16,6 +16,14 @@ BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "LICENSE")
 SOURCE_DIRS = ("src", "flows", "deployments", "configs")
 
 
+def uv_path() -> Path:
+    """The project's pinned uv, which the Makefile brings into .tools/ (`make install`)."""
+    uv = REPO_ROOT / ".tools" / "bin" / "uv"
+    if not uv.is_file():
+        raise FileNotFoundError(f"{uv} is missing: run `make install` first")
+    return uv
+
+
 def pyproject_version() -> str:
     with (REPO_ROOT / "pyproject.toml").open("rb") as handle:
         return str(tomllib.load(handle)["project"]["version"])

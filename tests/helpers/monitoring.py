@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from deployments import postgres
 from src.config import AppConfig
 from tests.helpers.api import Registry, make_config
 
@@ -25,7 +26,7 @@ def monitored_config(
 
 
 # --- a throw-away PostgreSQL on 127.0.0.1 (Debian's package; the server refuses root) ------------
-PG_BIN = Path(os.environ.get("STACK_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = postgres.pg_bin() or Path("initdb-not-installed")
 
 
 def as_postgres(argv: list[str]) -> list[str]:
