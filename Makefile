@@ -45,9 +45,13 @@ $(TOOLS)/.ready: requirements/uv.txt
 SYNC_serve := --inexact
 SYNC_train := --inexact --extra train
 SYNC_dev := --all-extras
+# .synced marks a sync that finished. Without it (the first install, or one cut off by a network
+# drop or Ctrl-C) every package is laid down afresh: a package cut off half-way may already have
+# its metadata, and uv sync trusts metadata. (make expands $(wildcard) before the rm runs.)
 $(VENV)/.installed-%: uv.lock pyproject.toml setup.py $(TOOLS)/.ready
-	$(UV) sync --locked --python $(PYTHON) $(SYNC_$*)
-	@touch $@
+	@rm -f $(VENV)/.synced
+	$(UV) sync --locked --python $(PYTHON) $(SYNC_$*) $(if $(wildcard $(VENV)/.synced),,--reinstall)
+	@touch $(VENV)/.synced $@
 
 install: $(VENV)/.installed-dev ## create .venv and install every role from uv.lock: train, services, test, docs
 
