@@ -37,8 +37,11 @@ def test_prefect_yaml_matches_the_flow_config() -> None:
     assert rollback["entrypoint"] == "flows/rollback_flow.py:rollback_flow"
     assert deployment["name"] == cfg.flow.deployment_name
     assert deployment["entrypoint"] == "flows/train_flow.py:train_flow"
-    # The schedules are written once, in configs/ (deploy.py applies them), never here too.
-    assert [d["name"] for d in spec["deployments"] if "schedules" in d] == []
+    # The schedules are written once, in configs/, and rendered here (prefect deploy applies them).
+    assert deployment["schedules"] == [
+        {"cron": cfg.flow.schedule_cron, "timezone": cfg.flow.schedule_timezone, "active": True}
+    ]
+    assert rollback["schedules"] == []  # by hand only
     assert deployment["work_pool"]["name"] == cfg.flow.work_pool
     # The deployment's parameters are valid TrainFlowParams.
     TrainFlowParams.model_validate(deployment["parameters"]["params"])
