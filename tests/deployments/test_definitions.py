@@ -3,14 +3,15 @@ them, and deploy.py registers them."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from deployments.definitions import PREFECT_YAML, deployments, prefect_yaml
-from src import cli
 from src.config import CONFIG_DIR_ENV, load_config
 from src.package import DEFAULT_CONFIG_DIR as CONFIG_DIR
 
@@ -50,19 +51,26 @@ def test_the_configuration_names_the_deployments_and_their_schedules() -> None:
     ]
 
 
-def test_deploy_refuses_while_prefect_yaml_is_not_rendered_from_configs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_deploy_refuses_while_prefect_yaml_is_not_rendered_from_configs(tmp_path: Path) -> None:
     """Someone changed a schedule in configs/ without re-rendering prefect.yaml: `prefect deploy`
     would register the old schedule, so `clothing-classifier deploy` registers nothing either."""
     configs = tmp_path / "configs"
     shutil.copytree(CONFIG_DIR, configs)
     flow_yaml = configs / "flow.yaml"
     flow_yaml.write_text(flow_yaml.read_text().replace('"0 3 * * 1"', '"0 4 * * 1"'))
-    monkeypatch.setenv(CONFIG_DIR_ENV, str(configs))
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached
-    assert load_config().flow.schedule_cron == "0 4 * * 1"
-    assert cli.main(["deploy"]) == 1
-    [error] = capsys.readouterr().err.strip().splitlines()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLOW_")}
+    env[CONFIG_DIR_ENV] = str(configs)
+    assert 'schedule_cron: "0 4 * * 1"' in flow_yaml.read_text()
+    # A port nothing listens on: without the refusal the command fails there, and quickly.
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "clothing-classifier"), "deploy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    [error] = result.stderr.strip().splitlines()
     assert "prefect.yaml is not rendered from the current configs/" in error
     assert "run `python -m deployments.definitions`" in error
