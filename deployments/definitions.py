@@ -116,27 +116,26 @@ HEADER = """\
 """
 
 
+def prefect_yaml_entry(deployment: Deployment, work_pool: str) -> dict[str, Any]:
+    """``deployment`` as an entry of prefect.yaml's ``deployments:`` list."""
+    entry: dict[str, Any] = {
+        "name": deployment.name,
+        "entrypoint": deployment.entrypoint,
+        "description": deployment.description,
+        "tags": deployment.tags,
+        "schedules": deployment.schedule_specs(),
+    }
+    if deployment.concurrency_limit is not None:
+        entry["concurrency_limit"] = deployment.concurrency_limit
+    entry["parameters"] = deployment.parameters
+    entry["work_pool"] = {"name": work_pool, "work_queue_name": "default", "job_variables": {}}
+    return entry
+
+
 def prefect_yaml(cfg: AppConfig) -> str:
     """``deployments/prefect.yaml`` for ``cfg``: every deployment, with its schedules (an empty
     list: run by hand only, and ``prefect deploy`` does not ask for one), on its pool."""
-    entries = []
-    for deployment in deployments(cfg):
-        entry: dict[str, Any] = {
-            "name": deployment.name,
-            "entrypoint": deployment.entrypoint,
-            "description": deployment.description,
-            "tags": deployment.tags,
-            "schedules": deployment.schedule_specs(),
-        }
-        if deployment.concurrency_limit is not None:
-            entry["concurrency_limit"] = deployment.concurrency_limit
-        entry["parameters"] = deployment.parameters
-        entry["work_pool"] = {
-            "name": cfg.flow.work_pool,
-            "work_queue_name": "default",
-            "job_variables": {},
-        }
-        entries.append(entry)
+    entries = [prefect_yaml_entry(d, cfg.flow.work_pool) for d in deployments(cfg)]
     spec = {
         "name": "clothing-classifier",
         "prefect-version": PREFECT_VERSION,

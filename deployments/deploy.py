@@ -28,7 +28,13 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Schedule
 
-from deployments.definitions import PREFECT_YAML, Deployment, deployments, stale_prefect_yaml
+from deployments.definitions import (
+    PREFECT_YAML,
+    Deployment,
+    deployments,
+    prefect_yaml_entry,
+    stale_prefect_yaml,
+)
 from flows.train_flow import train_flow
 from src.config import AppConfig, load_config
 from src.errors import Refused
@@ -50,11 +56,19 @@ def schedules(deployment: Deployment) -> list[Schedule]:
     return [Schedule(**spec) for spec in deployment.schedule_specs()]
 
 
-def overridden(registered: list[Deployment]) -> list[str]:
+def overridden(registered: list[Deployment], cfg: AppConfig) -> list[str]:
     """The deployments this command registers other than prefect.yaml does: those the
     environment (FLOW_*, MONITOR_*) or ``--profile`` changed."""
-    in_file = {(d.flow, d.name): d for d in deployments(load_config(environ={}))}
-    return [f"{d.flow}/{d.name}" for d in registered if in_file.get((d.flow, d.name)) != d]
+    shipped = load_config(environ={})
+    in_file = {
+        (d.flow, d.name): prefect_yaml_entry(d, shipped.flow.work_pool)
+        for d in deployments(shipped)
+    }
+    return [
+        f"{d.flow}/{d.name}"
+        for d in registered
+        if in_file.get((d.flow, d.name)) != prefect_yaml_entry(d, cfg.flow.work_pool)
+    ]
 
 
 def register(deployment: Deployment, cfg: AppConfig) -> Any:
@@ -92,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ensure_process_pool(cfg.flow.work_pool)
     ids = {d.flow: register(d, cfg) for d in all_deployments}
-    if changed := overridden(all_deployments):
+    if changed := overridden(all_deployments, cfg):
         print(
             f"Note: FLOW_*/MONITOR_* or --profile changed {', '.join(changed)}: registered "
             f"with those values; deployments/{PREFECT_YAML.name} keeps the configs/ values."

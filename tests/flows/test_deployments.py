@@ -68,6 +68,11 @@ def test_deploy_script_registers_a_scheduled_deployment_from_config(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "train-flow/nightly-test" in result.stdout
+    # It says that these are not prefect.yaml's deployments (the pool changed all three).
+    assert (
+        "Note: FLOW_*/MONITOR_* or --profile changed train-flow/nightly-test, monitor-flow/hourly, "
+        "rollback-flow/manual: registered with those values" in result.stdout
+    )
     api = prefect_server.api_url
     deployment = httpx.get(f"{api}/deployments/name/train-flow/nightly-test", timeout=10).json()
     assert deployment["work_pool_name"] == "script-pool"
