@@ -16,10 +16,10 @@ nginx in front of them and Prometheus. Then:
    trend (the mean RSS of the last third of the segments after the warm-up within 5 MiB of the
    middle third's), p50/p99 per segment (each segment labelled with what happened in it), the
    machine named. Each segment records each replica's RSS at its end and its peak (sampled every
-   0.25 s: a promotion's transient, two models loaded at once).
+   ``RSS_SAMPLE_S``: a promotion's transient, two models loaded at once).
 
     python -m benchmarks.soak                   # the default length, on a quiet machine
-    python -m benchmarks.soak --promote-every-min 2   # 30 min, a hot swap every 2 minutes
+    python -m benchmarks.soak --promote-every-min 2   # the default length, a swap every 2nd segment
     python -m benchmarks.soak --minutes 2       # the short form: proves it works, measures little
 
 Results: a markdown report on stdout and JSON in ``outputs/benchmarks/soak.json``; exit 1 when a

@@ -9,8 +9,9 @@ its threshold is *dynamic*: each such block freed raises the threshold to the bl
 the heaps of the threads that allocate them (the reload runs in a different worker thread each
 time), and a freed heap block is returned to the system only when it sits at the heap's top. So
 every swap left the old model's blocks resident as free heap memory, scattered over the
-threads' heaps: the soak's replicas grew 20-30 MiB at each promotion (``python -m
-benchmarks.bench_swap_memory`` measures it, one hypothesis at a time).
+threads' heaps, and a replica's RSS stepped up at every promotion (``python -m
+benchmarks.bench_swap_memory`` measures it, one hypothesis at a time; docs/serving.md has the
+figures).
 
 :func:`pin_mmap_threshold` fixes the threshold (``mallopt(M_MMAP_THRESHOLD)``, which also turns
 the dynamic adjustment off), so large blocks are always mapped and go back to the system the

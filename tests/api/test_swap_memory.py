@@ -46,8 +46,10 @@ def _holders(obj: Any) -> str:
 @pytest.mark.parametrize(
     "serve",
     [
-        pytest.param({"micro_batch": "on", "workers": 1}, id="micro-batched-threads"),
-        pytest.param({"micro_batch": "on", "workers": 64}, id="micro-batched-inline"),
+        # A one-core worker: /predict on the event loop through the micro-batcher, batches in
+        # worker threads.
+        pytest.param({"micro_batch": "on", "workers": 64}, id="micro-batched"),
+        # All the cores: /predict and batches forwarded directly in worker threads.
         pytest.param({"micro_batch": "off", "workers": 1}, id="direct"),
     ],
 )
