@@ -393,7 +393,8 @@ def checks(report: dict[str, Any]) -> list[str]:
     if trend and max(trend) > RSS_TREND_LIMIT_MIB:
         failed.append(
             f"RSS trends upward: the last third's mean is {max(trend):.1f} MiB over the middle "
-            f"third's (limit {RSS_TREND_LIMIT_MIB}); a swap leaves memory behind"
+            f"third's (limit {RSS_TREND_LIMIT_MIB}): something stays after a swap; find what with "
+            "python -m benchmarks.bench_swap_memory"
         )
     return failed
 
