@@ -28,6 +28,7 @@ from src.serving.errors import install_error_handlers
 from src.serving.inference import ImageLimits
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
 from src.serving.model_store import LoadedModel, ModelStore
+from src.serving.native_memory import pin_mmap_threshold
 from src.serving.observability import (
     LOGGER_NAME,
     ObservabilityMiddleware,
@@ -234,6 +235,8 @@ async def serve_from_registry(ctx: ServingContext, *, private_workdir: bool) -> 
     serve = ctx.cfg.serve
     configure_logging(serve.json_logs, serve.log_level)
     workdir = private_working_folder() if private_workdir else contextlib.nullcontext()
+    # Before the first model loads: what a swap frees goes back to the system, not the heaps.
+    heap_pinned = pin_mmap_threshold()
     with workdir:
         ctx.logger.info(
             "starting",
@@ -248,6 +251,7 @@ async def serve_from_registry(ctx: ServingContext, *, private_workdir: bool) -> 
                     "workers": serve.workers or 1,
                     "micro_batch": serve.micro_batch,
                     "working_folder": os.getcwd(),
+                    "mmap_threshold_pinned": heap_pinned,
                 }
             },
         )
