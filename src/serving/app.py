@@ -246,6 +246,7 @@ async def serve_from_registry(ctx: ServingContext, *, private_workdir: bool) -> 
                     "inference_threads": serve.inference_threads,
                     "slots": ctx.single_slots.total_tokens,
                     "workers": serve.workers or 1,
+                    "inflight_bytes": worker_inflight_bytes(serve),
                     "micro_batch": serve.micro_batch,
                     "working_folder": os.getcwd(),
                 }
