@@ -44,6 +44,7 @@ from src.serving.routers import (
     predictions,
     web,
 )
+from src.serving.schemas import TRANSPORT_RESPONSES
 from src.serving.workers import worker_cores
 
 # Every resource's router, in the order the OpenAPI schema lists them.
@@ -286,7 +287,8 @@ def create_app(cfg: AppConfig | None = None, *, private_workdir: bool = False) -
     install_error_handlers(app, ctx.logger)
     routers = [build_router(cfg) for build_router in ROUTERS]
     for router in routers:
-        app.include_router(router)
+        # Every operation can answer the transport errors too (see TRANSPORT_RESPONSES).
+        app.include_router(router, responses=TRANSPORT_RESPONSES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Added first = inner: the limits run inside the metrics/logging middleware, so rejected
     # requests are counted and logged too.
