@@ -6,6 +6,8 @@ the servers' own flags: ``uvicorn src.api:app --workers 2`` and gunicorn with uv
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -24,6 +26,7 @@ from tests.helpers.api import (
     Registry,
     Server,
     encode,
+    free_port,
     sample_images,
     start_server,
     stop_server,
@@ -214,3 +217,26 @@ def test_two_workers_ride_a_promotion_with_no_failed_request(
     assert {status for _, status, _ in answers} == {200}
     assert {version for _, _, version in answers} == {old, newer}
     assert {version for sent, _, version in answers if sent > everyone_swapped} == {newer}
+
+
+def test_gunicorn_preload_is_refused_in_one_line(registry: Registry, tmp_path: Path) -> None:
+    """With --preload the app would load once, in the arbiter, and the workers would share its
+    metrics and registry poller: the server refuses to start and says why."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SERVE_WORKERS", "WEB_CONCURRENCY")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(MLFLOW_TRACKING_URI=registry.tracking_uri, PATHS_ROOT=str(tmp_path), PROFILE="")
+    port = free_port()
+    result = subprocess.run(
+        [*GUNICORN, "--preload", *gunicorn_bind(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [
+        "error: cannot start the API: gunicorn --preload is not supported: each worker must load "
+        "the app and the model itself (its own metrics, registry poller and prediction log); "
+        "drop --preload."
+    ], result.stderr
