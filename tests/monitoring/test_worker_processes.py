@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -226,17 +227,23 @@ def test_gunicorn_preload_is_refused_in_one_line(registry: Registry, tmp_path: P
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update(MLFLOW_TRACKING_URI=registry.tracking_uri, PATHS_ROOT=str(tmp_path), PROFILE="")
     port = free_port()
-    result = subprocess.run(
+    server = subprocess.Popen(
         [*GUNICORN, "--preload", *gunicorn_bind(port)],
         env=env,
-        capture_output=True,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
+        start_new_session=True,  # the arbiter and any worker it started, stopped together
     )
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    try:
+        _, stderr = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    assert server.returncode == 2
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert lines == [
         "error: cannot start the API: gunicorn --preload is not supported: each worker must load "
         "the app and the model itself (its own metrics, registry poller and prediction log); "
         "drop --preload."
-    ], result.stderr
+    ], stderr
