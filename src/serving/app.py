@@ -45,6 +45,7 @@ from src.serving.routers import (
     predictions,
     web,
 )
+from src.serving.schemas import TRANSPORT_RESPONSES
 from src.serving.workers import worker_cores
 
 # Every resource's router, in the order the OpenAPI schema lists them.
@@ -249,6 +250,7 @@ async def serve_from_registry(ctx: ServingContext, *, private_workdir: bool) -> 
                     "inference_threads": serve.inference_threads,
                     "slots": ctx.single_slots.total_tokens,
                     "workers": serve.workers or 1,
+                    "inflight_bytes": worker_inflight_bytes(serve),
                     "micro_batch": serve.micro_batch,
                     "working_folder": os.getcwd(),
                     "mmap_threshold_pinned": heap_pinned,
@@ -289,7 +291,8 @@ def create_app(cfg: AppConfig | None = None, *, private_workdir: bool = False) -
     install_error_handlers(app, ctx.logger)
     routers = [build_router(cfg) for build_router in ROUTERS]
     for router in routers:
-        app.include_router(router)
+        # Every operation can answer the transport errors too (see TRANSPORT_RESPONSES).
+        app.include_router(router, responses=TRANSPORT_RESPONSES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Added first = inner: the limits run inside the metrics/logging middleware, so rejected
     # requests are counted and logged too.
