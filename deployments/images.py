@@ -33,12 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.markers import Marker
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = Path(__file__).resolve().parent / "docker"
 PYTHON = "3.11"  # the base image's CPython (python:3.11-slim; Debian 12's python3)
 GLIBC = (2, 36)  # Debian 12 (bookworm), the base image's distribution
 DEFAULT_BASE = "python:3.11-slim"
+# The images' working folder (WORKDIR, the app user's home): the installed package's working files.
+TRAIN_WORKDIR = "/var/lib/clothing-classifier"
 # What a wheel build reads from the checkout (copied, so build/ and *.egg-info stay out of it).
 BUILD_FILES = ("pyproject.toml", "setup.py", "README.md", "LICENSE")
 BUILD_DIRS = ("src", "flows", "deployments", "configs")
@@ -135,17 +138,51 @@ def platform_tags(machine: str | None = None) -> list[str]:
     return tags + [f"{name}_{arch}" for name, minor in legacy.items() if minor <= GLIBC[1]]
 
 
+def for_the_image(requirements: str, machine: str | None = None) -> str:
+    """The pins of ``requirements`` that install on the image (Linux, this architecture, any
+    CPython ``PYTHON``.x), without their markers: pip would judge those by this machine's Python
+    (``python_full_version < '3.11.3'`` is false on 3.11.7, true on Debian 12's 3.11.2)."""
+    kept = []
+    for block in re.sub(r"\\\n\s*", " ", requirements).splitlines():
+        pin, _, rest = block.strip().partition(" ; ")
+        if not pin or pin.startswith("#"):
+            continue
+        marker, _, hashes = rest.partition(" --hash")
+        if marker and not any(
+            Marker(marker).evaluate(image_environment(full, machine)) for full in ("0", "99")
+        ):
+            continue
+        kept.append(" ".join(f"{pin} --hash{hashes}".split()) if marker else " ".join(pin.split()))
+    return "\n".join(kept) + "\n"
+
+
+def image_environment(patch: str, machine: str | None = None) -> dict[str, str]:
+    return {
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": machine or platform.machine(),
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "python_version": PYTHON,
+        "python_full_version": f"{PYTHON}.{patch}",
+    }
+
+
 def download_wheels(requirements: Path, dest: Path) -> None:
     """Every pinned file, hash-checked, for the image's Python and platform (not this one's).
     A package published only as a source archive comes as that archive (built in the image)."""
+    pins = dest.parent / "download.txt"
+    pins.write_text(for_the_image(requirements.read_text()))
     target = ["--python-version", PYTHON, "--implementation", "cp", "--abi", f"cp{PYTHON.replace('.', '')}"]  # fmt: skip
     platforms = [arg for tag in platform_tags() for arg in ("--platform", tag)]
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
-               *target, *platforms, "--dest", str(dest), "-r", str(requirements)]  # fmt: skip
+               *target, *platforms, "--dest", str(dest), "-r", str(pins)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise ImageError(f"downloading the locked wheels failed: {last}")
+    pins.unlink()
 
 
 def sdists(wheels: Path) -> list[Path]:
@@ -155,9 +192,12 @@ def sdists(wheels: Path) -> list[Path]:
 def download_build_tools(requirements: str, dest: Path) -> None:
     """setuptools and wheel at their locked versions, for the source archives built in the image
     (pip's build isolation takes them from ``wheels/``: the build reaches no index)."""
-    pins = [line.split(" ")[0] for line in requirements.splitlines() if line.startswith(("setuptools==", "wheel=="))]  # fmt: skip
+    locked = {line.split("==")[0]: line.split(" ")[0] for line in requirements.splitlines()
+              if line.startswith(("setuptools==", "wheel=="))}  # fmt: skip
+    # Older pips (Debian 12's 23.0) ask for wheel besides setuptools in a setup.py build.
+    tools = [locked.get("setuptools", "setuptools>=77"), locked.get("wheel", "wheel")]
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary",
-               ":all:", "--dest", str(dest), *(pins or ["setuptools>=77", "wheel"])]  # fmt: skip
+               ":all:", "--dest", str(dest), *tools]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise ImageError(
