@@ -20,11 +20,13 @@ from typing import Any
 
 import yaml
 
+from deployments.images import ROLES, TRAIN_WORKDIR, default_tag
 from flows.monitor_flow import MonitorFlowParams
 from flows.train_flow import TrainFlowParams
 from src.config import AppConfig, load_config
 
 PREFECT_YAML = Path(__file__).resolve().parent / "prefect.yaml"
+PREFECT_DOCKER_YAML = PREFECT_YAML.with_name("prefect-docker.yaml")
 PREFECT_VERSION = "3.9.1"
 
 
@@ -159,12 +161,56 @@ def stale_prefect_yaml() -> str | None:
         "differ), so `prefect deploy` of it would register other deployments than this command: "
         "run `python -m deployments.definitions`, commit the file, and deploy again."
     )
+DOCKER_HEADER = """\
+# The same deployments as deployments/prefect.yaml (names, parameters, schedules), with each flow
+# run in a container of the training image on a Prefect Docker work pool. RENDERED from
+# deployments/definitions.py by `python -m deployments.definitions`: edit that module, not this file.
+#
+#   make image-train                 # the image named below (deployments/docker/train.Dockerfile)
+#   pip install prefect-docker       # where the worker runs (a host with Docker)
+#   prefect work-pool create docker-pool --type docker
+#   prefect --no-prompt deploy --prefect-file deployments/prefect-docker.yaml --all
+#   prefect worker start --pool docker-pool
+#
+# Deploy this file or prefect.yaml, not both: same names, so the last one deployed is the one that
+# runs. The services' addresses and credentials go into the work pool's environment (its base job
+# template, or `--job-variable env=...` when deploying), never into this file or the image. The
+# entrypoints are module paths: the image runs the installed package, not a checkout.
+"""
+
+
+def prefect_docker_yaml(cfg: AppConfig) -> str:
+    """``deployments/prefect-docker.yaml``: every deployment of :func:`prefect_yaml`, in the
+    training image on ``flow.docker_work_pool``."""
+    spec = yaml.safe_load(prefect_yaml(cfg))
+    # The image's working folder (not the folder `prefect deploy` runs in, the default).
+    workdir = {"directory": TRAIN_WORKDIR}
+    spec = {
+        **{key: value for key, value in spec.items() if key != "deployments"},
+        "pull": [{"prefect.deployments.steps.set_working_directory": workdir}],
+        "deployments": spec["deployments"],
+    }
+    for entry in spec["deployments"]:
+        path, _, function = entry["entrypoint"].partition(":")
+        entry["entrypoint"] = f"{path.removesuffix('.py').replace('/', '.')}:{function}"
+        entry["work_pool"] = {
+            "name": cfg.flow.docker_work_pool,
+            "work_queue_name": "default",
+            "job_variables": {
+                "image": default_tag(ROLES["train"]),
+                "image_pull_policy": "IfNotPresent",  # built here or pulled from your registry
+            },
+        }
+    return DOCKER_HEADER + yaml.safe_dump(spec, sort_keys=False, width=100)
 
 
 def main() -> int:
-    """Rewrite deployments/prefect.yaml from the shipped configuration (no environment)."""
-    PREFECT_YAML.write_text(prefect_yaml(load_config(environ={})))
-    print(f"wrote {PREFECT_YAML}")
+    """Rewrite deployments/prefect.yaml and prefect-docker.yaml from the shipped configuration
+    (no environment)."""
+    cfg = load_config(environ={})
+    PREFECT_YAML.write_text(prefect_yaml(cfg))
+    PREFECT_DOCKER_YAML.write_text(prefect_docker_yaml(cfg))
+    print(f"wrote {PREFECT_YAML} and {PREFECT_DOCKER_YAML}")
     return 0
 
 
