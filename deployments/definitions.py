@@ -161,6 +161,8 @@ def stale_prefect_yaml() -> str | None:
         "differ), so `prefect deploy` of it would register other deployments than this command: "
         "run `python -m deployments.definitions`, commit the file, and deploy again."
     )
+
+
 DOCKER_HEADER = """\
 # The same deployments as deployments/prefect.yaml (names, parameters, schedules), with each flow
 # run in a container of the training image on a Prefect Docker work pool. RENDERED from

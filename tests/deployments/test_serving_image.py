@@ -48,11 +48,12 @@ PLANTED = {
 
 
 @pytest.fixture(scope="module")
-def base_image() -> str:
-    problem = dk.daemon_problem()
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    return dk.test_base_image()
+def base_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with dk.running_daemon(tmp_path_factory.mktemp("dockerd") / "dockerd.log"):
+        problem = dk.daemon_problem()
+        if problem:
+            pytest.fail(problem, pytrace=False)
+        yield dk.test_base_image()
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,14 @@ only the first run pays for it (a few minutes). Containers use the host network 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,34 @@ def daemon_problem() -> str | None:
     if docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=30).returncode != 0:
         return "the Docker daemon does not answer: start it as root (dockerd &> /tmp/dockerd.log &)"
     return None
+
+
+@contextlib.contextmanager
+def running_daemon(log: Path) -> Iterator[None]:
+    """The Docker daemon for the tests: the machine's if it answers; else, as root, one started
+    here (no bridge network: containers use the host's) and stopped after, also on failure."""
+    if daemon_problem() is None or shutil.which("dockerd") is None or os.geteuid() != 0:
+        yield
+        return
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["dockerd", "--bridge=none", "--iptables=false"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while daemon_problem() is not None and process.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def image_exists(tag: str) -> bool:
