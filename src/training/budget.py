@@ -68,6 +68,7 @@ class TrainingBudget(L.Callback):
         self.decided = mode == REPRODUCIBLE
         self.decided_for_minutes = budget_minutes
         self.stop_reason = ""
+        self._restored_stop_reason = ""
         self.best: float | None = None
         self.epochs_without_gain = 0
         self._handled_epoch = -1
@@ -99,6 +100,8 @@ class TrainingBudget(L.Callback):
             self.plan_reason = str(state_dict.get("plan_reason", ""))
             self.decided = bool(state_dict.get("decided", False))
         # Otherwise the plan is decided again after the first resumed epoch, for the time now given.
+        # A resumed fit with nothing left to train stops for the reason the checkpoint gives.
+        self._restored_stop_reason = str(state_dict.get("stop_reason", ""))
         self.best = state_dict.get("best")
         self.epochs_without_gain = int(state_dict.get("epochs_without_gain", 0))
 
@@ -106,6 +109,9 @@ class TrainingBudget(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.stop_reason = ""
         _set_plan(pl_module, self.planned_epochs)  # the learning-rate schedule follows it
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop_reason = self.stop_reason or self._restored_stop_reason
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = _elapsed(pl_module)

@@ -137,7 +137,11 @@ def plan_hardware(
             rates[key] = time_training_steps(build(), precision, batch, steps, device)
         return rates[key]
 
-    if tcfg.precision == "auto":
+    if tcfg.precision == "auto" and tcfg.mode == "reproducible":
+        # Timings vary from run to run on a busy machine; the capability does not.
+        precision = native_low_precision(accelerator) or FP32
+        reason = f"reproducible mode: {precision}, what this device runs natively (not timed)"
+    elif tcfg.precision == "auto":
         low = native_low_precision(accelerator)
         candidates = [FP32] + ([low] if low else [])
         by_precision = {p: measure(p, tcfg.batch_size) for p in candidates}
@@ -150,7 +154,7 @@ def plan_hardware(
         batch = grow_batch(tcfg, lambda b: measure(precision, b), train_size)
     if batch != tcfg.batch_size:
         reason += f"; batch {batch} trains faster than {tcfg.batch_size}"
-    if tcfg.precision == "auto" or tcfg.mode == "time-fitted":
+    if tcfg.mode == "time-fitted":
         measure(precision, batch)  # the budget check needs the speed of what will run
     return HardwarePlan(
         accelerator=accelerator,

@@ -147,7 +147,9 @@ def test_reproducible_mode_runs_max_epochs_whatever_the_clock(
     assert budget.stop_reason == "max_epochs 2 reached"
 
 
-def test_patience_stops_the_fit_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_patience_stops_the_fit_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     budget = TrainingBudget(
         REPRODUCIBLE, budget_minutes=None, max_epochs=10, hard_limit_minutes=None, patience=2
     )
