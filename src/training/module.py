@@ -27,6 +27,14 @@ def warmup_cosine(progress: float, warmup_fraction: float, floor: float = 1e-3) 
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * decay))
 
 
+def _with_mode(train_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Settings saved before ``mode`` was explicit: a null budget meant the reproducible mode."""
+    if "mode" in train_cfg:
+        return train_cfg
+    budget = train_cfg.get("time_budget_minutes")
+    return {**train_cfg, "mode": "reproducible" if budget is None else "time-fitted"}
+
+
 class LitClassifier(L.LightningModule):
     """The Lightning module that trains ``build_model(cfg)``; validation/test metrics are accuracy
     and macro-F1. The trained model, logged and loaded back, is :class:`src.model_io.LoadedClassifier`."""
@@ -36,7 +44,7 @@ class LitClassifier(L.LightningModule):
         cfg = (
             train_cfg
             if isinstance(train_cfg, TrainConfig)
-            else TrainConfig.model_validate(train_cfg)
+            else TrainConfig.model_validate(_with_mode(train_cfg))
         )
         self.cfg = cfg
         self.save_hyperparameters({"train_cfg": cfg.model_dump(mode="json")}, logger=False)
