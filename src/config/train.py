@@ -79,17 +79,6 @@ class TrainConfig(BaseModel):
                 "mode time-fitted needs time_budget_minutes; set TRAIN_TIME_BUDGET_MINUTES "
                 "(BUDGET= for make train) or TRAIN_MODE=reproducible"
             )
-        if (
-            self.mode == "time-fitted"
-            and self.max_time_minutes is not None
-            and self.time_budget_minutes is not None
-            and self.max_time_minutes <= self.time_budget_minutes
-        ):
-            raise ValueError(
-                f"max_time_minutes {self.max_time_minutes:g} must exceed time_budget_minutes "
-                f"{self.time_budget_minutes:g} (the cut would end the planned schedule early); "
-                "raise TRAIN_MAX_TIME_MINUTES"
-            )
         if self.mode == "reproducible" and self.max_epochs is None:
             raise ValueError("mode reproducible needs max_epochs; set TRAIN_MAX_EPOCHS")
         return self
