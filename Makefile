@@ -11,6 +11,8 @@ DATA_SOURCE ?= $(if $(wildcard ../shared/fashion-mnist),../shared/fashion-mnist,
 export DATA_SOURCE
 PROFILE ?=
 export PROFILE
+# make train BUDGET=30: the minutes a time-fitted run fills (default: configs/train.yaml).
+BUDGET ?=
 # Prefect's temporary server can take a while to come up on a busy 2-core machine; no telemetry.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -73,7 +75,7 @@ lock-check: $(TOOLS)/.ready ## fail when pyproject.toml and uv.lock (or the uv p
 	$(UV) lock --check
 
 train: install-train ## run the train-flow (download, validate, version, split, train, gate, promote)
-	$(PY) -m flows.train_flow
+	$(PY) -m flows.train_flow $(if $(BUDGET),--budget-minutes $(BUDGET))
 
 data: install-train ## run the data-flow only (download, validate, version, split)
 	$(PY) -m flows.data_flow

@@ -52,7 +52,17 @@ class TrainFlowParams(BaseModel):
     data_source: str | None = Field(
         default=None, description="'kaggle', 'url' or a local folder (data.source)."
     )
-    max_epochs: int | None = Field(default=None, ge=1, description="train.max_epochs")
+    mode: Literal["time-fitted", "reproducible"] | None = Field(
+        default=None, description="train.mode: who limits the run (the budget or max_epochs)"
+    )
+    budget_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="train.time_budget_minutes: the minutes a time-fitted run fills",
+    )
+    max_epochs: int | None = Field(
+        default=None, ge=1, description="train.max_epochs (reproducible: the count; else a cap)"
+    )
     limit_train_samples: int | None = Field(
         default=None, ge=1, description="train.limit_train_samples (cap on training images)"
     )
@@ -70,6 +80,8 @@ class TrainFlowParams(BaseModel):
         """The non-empty fields as ``load_config`` overrides."""
         placement = {
             "data_source": ("data", "source"),
+            "mode": ("train", "mode"),
+            "budget_minutes": ("train", "time_budget_minutes"),
             "max_epochs": ("train", "max_epochs"),
             "limit_train_samples": ("train", "limit_train_samples"),
             "min_accuracy": ("gate", "min_accuracy"),
@@ -176,12 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", help="configs/profiles/<name>.yaml (default: $PROFILE)")
     parser.add_argument("--data-source", help="kaggle | url | /path/to/folder")
+    parser.add_argument("--mode", choices=["time-fitted", "reproducible"])
+    parser.add_argument("--budget-minutes", type=float, help="minutes a time-fitted run fills")
     parser.add_argument("--max-epochs", type=int)
     parser.add_argument("--limit-train-samples", type=int)
     args = parser.parse_args(argv)
     params = TrainFlowParams(
         profile=args.profile,
         data_source=args.data_source,
+        mode=args.mode,
+        budget_minutes=args.budget_minutes,
         max_epochs=args.max_epochs,
         limit_train_samples=args.limit_train_samples,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
@@ -20,11 +20,15 @@ class TrainConfig(BaseModel):
     # gives exactly the evaluated answer): the mirror image, and 1-pixel shifts.
     flip_tta: bool
     translate_tta: bool
-    max_epochs: int = Field(ge=1)
-    # Hard stop for fit (Lightning ``max_time``), validation passes included.
+    # Who limits the run (src.training.budget): "time-fitted" = the epochs that fill
+    # time_budget_minutes at the speed measured on this machine; "reproducible" = max_epochs,
+    # deterministic algorithms, no clock.
+    mode: Literal["time-fitted", "reproducible"]
+    # The epoch count of the reproducible mode; in the time-fitted mode only a cap (None = none).
+    max_epochs: int | None = Field(ge=1)
+    # Time-fitted mode: the hard wall-clock cut of fit, validation passes included.
     max_time_minutes: float | None = Field(gt=0)
-    # Soft budget: after each epoch the epoch count is lowered to what fits in this many minutes,
-    # and the LR schedule follows, so a busy machine still finishes the annealing phase. None = off.
+    # Time-fitted mode: the minutes the epoch plan fills (the LR schedule anneals over it).
     time_budget_minutes: float | None = Field(gt=0)
     batch_size: int = Field(ge=1)
     # The measured batch choice doubles batch_size (and the learning rate) up to this.
@@ -67,3 +71,14 @@ class TrainConfig(BaseModel):
     resume_from: str | None
     checkpoint_dir: str
     progress_bar: bool
+
+    @model_validator(mode="after")
+    def _mode_has_its_limit(self) -> TrainConfig:
+        if self.mode == "time-fitted" and self.time_budget_minutes is None:
+            raise ValueError(
+                "mode time-fitted needs time_budget_minutes; set TRAIN_TIME_BUDGET_MINUTES "
+                "(BUDGET= for make train) or TRAIN_MODE=reproducible"
+            )
+        if self.mode == "reproducible" and self.max_epochs is None:
+            raise ValueError("mode reproducible needs max_epochs; set TRAIN_MAX_EPOCHS")
+        return self

@@ -137,7 +137,11 @@ def plan_hardware(
             rates[key] = time_training_steps(build(), precision, batch, steps, device)
         return rates[key]
 
-    if tcfg.precision == "auto":
+    if tcfg.precision == "auto" and tcfg.mode == "reproducible":
+        # Timings vary from run to run on a busy machine; the capability does not.
+        precision = native_low_precision(accelerator) or FP32
+        reason = f"reproducible mode: {precision}, what this device runs natively (not timed)"
+    elif tcfg.precision == "auto":
         low = native_low_precision(accelerator)
         candidates = [FP32] + ([low] if low else [])
         by_precision = {p: measure(p, tcfg.batch_size) for p in candidates}
@@ -145,12 +149,12 @@ def plan_hardware(
     else:
         precision, reason = tcfg.precision, f"TRAIN_PRECISION={tcfg.precision} (set, not measured)"
     batch = tcfg.batch_size
-    if tcfg.precision == "auto" and tcfg.time_budget_minutes is not None:
+    if tcfg.precision == "auto" and tcfg.mode == "time-fitted":
         # Time-fitted runs only: the reproducible mode keeps its batch whatever the machine.
         batch = grow_batch(tcfg, lambda b: measure(precision, b), train_size)
     if batch != tcfg.batch_size:
         reason += f"; batch {batch} trains faster than {tcfg.batch_size}"
-    if tcfg.precision == "auto" or tcfg.time_budget_minutes is not None:
+    if tcfg.mode == "time-fitted":
         measure(precision, batch)  # the budget check needs the speed of what will run
     return HardwarePlan(
         accelerator=accelerator,
@@ -172,8 +176,9 @@ def grow_batch(tcfg: TrainConfig, rate: Callable[[int], float], train_size: int)
 
 
 def epochs_that_fit(plan: HardwarePlan, tcfg: TrainConfig, train_size: int) -> float | None:
-    """Epochs the measured speed fits into the time budget (validation counted at ~15 %), or None."""
-    if tcfg.time_budget_minutes is None or plan.images_per_s <= 0:
+    """The probe's estimate of the epochs that fit into the time budget (validation counted at
+    ~15 %), or None: the warning's figure and the plan until the first epoch is measured."""
+    if tcfg.mode != "time-fitted" or tcfg.time_budget_minutes is None or plan.images_per_s <= 0:
         return None
     epoch_s = 1.15 * train_size / plan.images_per_s
     return tcfg.time_budget_minutes * 60.0 / epoch_s

@@ -27,6 +27,14 @@ def warmup_cosine(progress: float, warmup_fraction: float, floor: float = 1e-3) 
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * decay))
 
 
+def _with_mode(train_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Settings saved before ``mode`` was explicit: a null budget meant the reproducible mode."""
+    if "mode" in train_cfg:
+        return train_cfg
+    budget = train_cfg.get("time_budget_minutes")
+    return {**train_cfg, "mode": "reproducible" if budget is None else "time-fitted"}
+
+
 class LitClassifier(L.LightningModule):
     """The Lightning module that trains ``build_model(cfg)``; validation/test metrics are accuracy
     and macro-F1. The trained model, logged and loaded back, is :class:`src.model_io.LoadedClassifier`."""
@@ -36,7 +44,7 @@ class LitClassifier(L.LightningModule):
         cfg = (
             train_cfg
             if isinstance(train_cfg, TrainConfig)
-            else TrainConfig.model_validate(train_cfg)
+            else TrainConfig.model_validate(_with_mode(train_cfg))
         )
         self.cfg = cfg
         self.save_hyperparameters({"train_cfg": cfg.model_dump(mode="json")}, logger=False)
@@ -50,10 +58,10 @@ class LitClassifier(L.LightningModule):
         self.metrics = torch.nn.ModuleDict(metrics)
         # Epoch-level history for the learning-curve figure; plain Python, kept in checkpoints.
         self.history: list[dict[str, float]] = []
-        # The epoch budget: max_epochs, lowered to what fits in ``time_budget_minutes`` (if set).
-        self.planned_epochs = cfg.max_epochs
+        # The epoch plan the learning-rate schedule anneals over: set by the fit's
+        # src.training.budget.TrainingBudget, which owns it.
+        self.planned_epochs = cfg.max_epochs or 1
         self.elapsed_before_s = 0.0
-        self._epoch_ends: list[float] = [0.0]
         self.fit_elapsed_s = 0.0
         self._fit_started = time.monotonic()
         self._train_loss_sum = torch.zeros(())
@@ -140,39 +148,16 @@ class LitClassifier(L.LightningModule):
         self.log("train_loss_epoch", row.get("train_loss", float("nan")))
         self.log("elapsed_minutes", row["elapsed_s"] / 60.0)
 
-    def on_train_epoch_end(self) -> None:
-        # Lightning 2 runs the epoch's validation before this hook, so the checkpoint has seen it.
-        done = self.current_epoch + 1
-        budget = self.cfg.time_budget_minutes
-        if budget is not None:
-            # Fit the epoch count to the time budget: keep the schedule's end (the low-LR,
-            # high-accuracy phase) inside the budget even when the shared machine is slow.
-            now = self.elapsed_s()
-            self._epoch_ends.append(now)
-            # Recent epochs (training + validation) predict the next ones best.
-            recent = self._epoch_ends[-4:]
-            per_epoch = (recent[-1] - recent[0]) / (len(recent) - 1) if len(recent) > 1 else now
-            fits = done + int((budget * 60.0 - now) // max(per_epoch, 1e-6))
-            planned = max(done, min(self.cfg.max_epochs, fits))
-            # One plan for every process (rank 0's clock), or the ranks stop at different epochs.
-            self.planned_epochs = int(self.trainer.strategy.broadcast(planned, src=0))
-            self.log("planned_epochs", float(self.planned_epochs))
-        if done >= self.planned_epochs:
-            self.trainer.should_stop = True
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fashion_state"] = {
             "history": self.history,
-            "planned_epochs": self.planned_epochs,
             "elapsed_s": self.elapsed_s(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("fashion_state", {})
         self.history = list(state.get("history", []))
-        self.planned_epochs = int(state.get("planned_epochs", self.cfg.max_epochs))
         self.elapsed_before_s = float(state.get("elapsed_s", 0.0))
-        self._epoch_ends = [self.elapsed_before_s]
 
     # --- optimisation -------------------------------------------------------------------------
     def _progress(self) -> float:

@@ -1,18 +1,14 @@
-"""``train_model``: fit the Lightning ResNet on the prepared split and log everything to MLflow."""
+"""``train_model``: one training run: fit (src.training.fit, its budget src.training.budget),
+evaluate the best weights as served, and log everything to MLflow."""
 
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import subprocess
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +16,53 @@ import lightning as L
 import mlflow
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import (
-    EarlyStopping,
-    ModelCheckpoint,
-    Timer,
-    TQDMProgressBar,
-    WeightAveraging,
-)
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-from torch import Tensor
 
 from src.config import AppConfig
-from src.config.train import TrainConfig
 from src.data.split import PreparedData, load_split
 from src.evaluate import EvalResult, evaluate_classifier
 from src.labels import CLASS_NAMES
-from src.model import build_model, describe_model
+from src.model import describe_model
 from src.model_io import LoadedClassifier, log_classifier, log_onnx
 from src.preprocessing import normalize
-from src.training.data import FashionDataModule
-from src.training.hardware import HardwarePlan, budget_warning, plan_hardware, resolve_strategy
+from src.training.budget import REPRODUCIBLE, TIME_FITTED
+from src.training.ema import ema_update
+from src.training.fit import (
+    CHECKPOINT_METRIC,
+    FitOutcome,
+    FitSetup,
+    fit_model,
+    prepare_fit,
+    restore_fit_state,
+)
+from src.training.hardware import resolve_strategy
 from src.training.module import LitClassifier
+from src.training.provenance import cpu_model, git_commit, machine_params, training_mode
 from src.training.report import plot_confusion_matrix, plot_learning_curves, plot_misclassified
 
+# Moved by responsibility (ema, provenance, fit, budget); importable from here as before.
+__all__ = [
+    "REPRODUCIBLE",
+    "TIME_FITTED",
+    "FitOutcome",
+    "FitSetup",
+    "TrainResult",
+    "cpu_model",
+    "ema_update",
+    "fit_model",
+    "git_commit",
+    "machine_params",
+    "prepare_fit",
+    "restore_fit_state",
+    "train_model",
+    "training_mode",
+]
+
 log = logging.getLogger(__name__)
-CHECKPOINT_METRIC = "val_macro_f1"  # what the best checkpoint and early stopping follow
 # Receives the run's notable lines (level, message): the flow passes its Prefect logger.
 Notify = Callable[[int, str], None]
 
@@ -61,52 +75,6 @@ class TrainResult:
     test_predictions_path: Path
     best_checkpoint: Path | None = None
     onnx_path: Path | None = None
-
-
-def ema_update(
-    decay: float,
-) -> Callable[[Sequence[Tensor], Sequence[Tensor], Tensor | int], None]:
-    """EMA for ``AveragedModel`` with the usual warmup: decay min(decay, (1+n)/(10+n)) at update n.
-
-    Without the warmup the average is dominated by the random initial weights for the first
-    thousands of steps (and forever in a short run).
-    """
-
-    @torch.no_grad()
-    def update(
-        averaged: Sequence[Tensor], current: Sequence[Tensor], num_averaged: Tensor | int
-    ) -> None:
-        n = float(num_averaged)
-        effective = min(decay, (1.0 + n) / (10.0 + n))
-        floating = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
-        if floating:
-            avg, cur = zip(*floating, strict=True)
-            torch._foreach_lerp_(list(avg), list(cur), 1.0 - effective)
-        for a, c in zip(averaged, current, strict=True):
-            if not a.is_floating_point():
-                a.copy_(c)
-
-    return update
-
-
-def git_commit(root: Path) -> str:
-    """The checked-out commit (``+dirty`` when tracked files changed), or ``unknown`` without git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}+dirty" if dirty else commit
 
 
 def ensure_experiment(client: MlflowClient, cfg: AppConfig) -> str:
@@ -128,80 +96,6 @@ def ensure_experiment(client: MlflowClient, cfg: AppConfig) -> str:
         return str(experiment.experiment_id)
 
 
-REPRODUCIBLE, TIME_FITTED = "reproducible", "time-fitted"
-
-
-def training_mode(tcfg: TrainConfig) -> str:
-    """``reproducible`` without a time budget (fixed schedule, no wall-clock cut, deterministic
-    algorithms), else ``time-fitted`` (epochs fitted to the budget, capped at max_epochs)."""
-    return REPRODUCIBLE if tcfg.time_budget_minutes is None else TIME_FITTED
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what the platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_params(tcfg: TrainConfig) -> dict[str, Any]:
-    """What the run's speed and numbers depend on besides the code and the data."""
-    cuda = torch.cuda.is_available() and tcfg.accelerator in ("auto", "gpu", "cuda")
-    return {
-        "machine_cpu_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
-        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
-        "machine_cpu": cpu_model(),
-        "machine_cpu_count": os.cpu_count() or 0,
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "training_mode": training_mode(tcfg),
-        "deterministic": training_mode(tcfg) == REPRODUCIBLE,
-        "wall_clock_cut_minutes": (
-            tcfg.max_time_minutes if training_mode(tcfg) == TIME_FITTED else None
-        ),
-    }
-
-
-def stop_reason(
-    trainer: L.Trainer, module: LitClassifier, early: EarlyStopping, max_epochs: int
-) -> str:
-    """Why fit ended, in words (logged as the run's ``stop_reason`` tag)."""
-    done = int(module.history[-1]["epoch"]) if module.history else trainer.current_epoch
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-    remaining = timer.time_remaining() if timer is not None else None
-    if early.stopped_epoch > 0:
-        return f"early stopping: no val_macro_f1 gain in {early.patience} epochs"
-    if remaining is not None and remaining <= 0:
-        return f"wall-clock limit max_time_minutes reached after {done} epochs"
-    if done < max_epochs and done >= module.planned_epochs:
-        return f"time budget: {module.planned_epochs} of max_epochs {max_epochs} fit"
-    if done >= max_epochs:
-        return f"max_epochs {max_epochs} reached"
-    return f"stopped after {done} epochs"
-
-
-def _resolve_resume(cfg: AppConfig, checkpoint_root: Path) -> str | None:
-    resume = cfg.train.resume_from
-    if not resume:
-        return None
-    if resume == "last":
-        candidates = sorted(checkpoint_root.glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise FileNotFoundError(
-                f"resume_from=last but no last.ckpt under {checkpoint_root}; unset TRAIN_RESUME_FROM."
-            )
-        return str(candidates[-1])
-    path = cfg.paths.resolve(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} not found; fix TRAIN_RESUME_FROM.")
-    return str(path)
-
-
 def _params(cfg: AppConfig, prepared: PreparedData, model: torch.nn.Module) -> dict[str, Any]:
     params: dict[str, Any] = {k: v for k, v in cfg.train.model_dump(mode="json").items()}
     params.update(
@@ -213,28 +107,6 @@ def _params(cfg: AppConfig, prepared: PreparedData, model: torch.nn.Module) -> d
         lightning_version=L.__version__,
     )
     return {k: ("None" if v is None else v) for k, v in params.items()}
-
-
-@dataclass
-class FitSetup:
-    """Everything a fit needs, built before the MLflow run starts."""
-
-    datamodule: FashionDataModule
-    module: LitClassifier
-    checkpoint_root: Path
-    resume_from: str | None
-    plan: HardwarePlan
-    # cfg.train with the measured accelerator, precision, batch size and learning rate.
-    train_cfg: TrainConfig
-    budget_warning: str | None
-
-
-@dataclass
-class FitOutcome:
-    trainer: L.Trainer
-    checkpoint: ModelCheckpoint
-    fit_seconds: float
-    stop_reason: str
 
 
 def train_model(
@@ -260,6 +132,10 @@ def train_model(
     run_id = start_run(client, cfg, prepared, setup)
     try:
         fit = fit_model(cfg, setup, run_id)
+        say(
+            logging.INFO,
+            f"Epoch plan: {fit.budget.get('plan_reason', '')}; stopped: {fit.stop_reason}",
+        )
         model, results, metrics = evaluate_best(client, run_id, prepared, setup, fit)
         predictions_path = log_evaluation(client, run_id, cfg, prepared, setup.module, results)
         model_uri, onnx_path = log_model(client, run_id, cfg, prepared, model, results["test"])
@@ -275,56 +151,6 @@ def train_model(
         best_checkpoint=_best_path(fit.checkpoint),
         onnx_path=onnx_path,
     )
-
-
-def prepare_fit(prepared: PreparedData, cfg: AppConfig) -> FitSetup:
-    """Seed, pick deterministic algorithms in the reproducible mode, build data and module."""
-    tcfg = cfg.train
-    L.seed_everything(tcfg.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision("high")
-    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-    # Augmentation lives in the LightningModule's on_after_batch_transfer on purpose.
-    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
-    datamodule = FashionDataModule(
-        Path(prepared.dataset_path),
-        batch_size=tcfg.batch_size,
-        eval_batch_size=tcfg.eval_batch_size,
-        limit_train_samples=tcfg.limit_train_samples,
-        limit_eval_samples=tcfg.limit_eval_samples,
-        num_workers=tcfg.num_workers,
-        seed=tcfg.seed,
-    )
-    datamodule.setup("fit")
-    n_train = len(datamodule.datasets["train"])
-    plan = plan_hardware(tcfg, lambda: _probe_model(tcfg), n_train)
-    L.seed_everything(tcfg.seed, workers=True, verbose=False)  # the probe drew random numbers
-    fitted = tcfg.model_copy(
-        update={
-            "accelerator": plan.accelerator,
-            "precision": plan.precision,
-            "batch_size": plan.batch_size,
-            "learning_rate": plan.learning_rate,
-        }
-    )
-    datamodule.batch_size = fitted.batch_size
-    checkpoint_root = cfg.paths.resolve(tcfg.checkpoint_dir)
-    return FitSetup(
-        datamodule=datamodule,
-        module=LitClassifier(fitted),
-        checkpoint_root=checkpoint_root,
-        resume_from=_resolve_resume(cfg, checkpoint_root),
-        plan=plan,
-        train_cfg=fitted,
-        budget_warning=budget_warning(plan, tcfg, n_train),
-    )
-
-
-def _probe_model(tcfg: TrainConfig) -> torch.nn.Module:
-    model = build_model(tcfg)
-    return model.to(memory_format=torch.channels_last) if tcfg.channels_last else model
 
 
 def start_run(client: MlflowClient, cfg: AppConfig, prepared: PreparedData, setup: FitSetup) -> str:
@@ -352,78 +178,6 @@ def start_run(client: MlflowClient, cfg: AppConfig, prepared: PreparedData, setu
     }
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return run_id
-
-
-def fit_model(cfg: AppConfig, setup: FitSetup, run_id: str) -> FitOutcome:
-    """Lightning fit with checkpoints, early stopping and, in the time-fitted mode only, the
-    wall-clock cut; returns why it stopped."""
-    tcfg = setup.train_cfg
-    reproducible = training_mode(tcfg) == REPRODUCIBLE
-    checkpoint = ModelCheckpoint(
-        dirpath=setup.checkpoint_root / run_id,
-        filename="best",
-        monitor=CHECKPOINT_METRIC,
-        mode="max",
-        save_last=True,
-        save_top_k=1,
-    )
-    early = EarlyStopping(
-        monitor=CHECKPOINT_METRIC, mode="max", patience=tcfg.early_stopping_patience
-    )
-    callbacks: list[L.Callback] = [checkpoint, early]
-    if tcfg.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=20))
-    if tcfg.ema_decay > 0:
-        callbacks.append(WeightAveraging(multi_avg_fn=ema_update(tcfg.ema_decay)))
-    max_time = None
-    if tcfg.max_time_minutes and not reproducible:
-        max_time = timedelta(minutes=tcfg.max_time_minutes)
-    trainer = L.Trainer(
-        accelerator=tcfg.accelerator,
-        devices=tcfg.devices,
-        strategy=resolve_strategy(tcfg, tcfg.accelerator),
-        # The datamodule shards by itself (its batches are index lists, not samples).
-        use_distributed_sampler=False,
-        precision=tcfg.precision,
-        max_epochs=tcfg.max_epochs,
-        max_time=max_time,
-        logger=MLFlowLogger(tracking_uri=cfg.tracking_uri, run_id=run_id),
-        callbacks=callbacks,
-        enable_progress_bar=tcfg.progress_bar,
-        enable_model_summary=tcfg.progress_bar,
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=tcfg.check_val_every_n_epoch,
-        log_every_n_steps=max(
-            1, min(50, len(setup.datamodule.datasets["train"]) // tcfg.batch_size // 4)
-        ),
-        # "warn": deterministic kernels where torch has them, a warning where it has none.
-        deterministic="warn" if reproducible else False,
-        default_root_dir=str(setup.checkpoint_root),
-    )
-    started = time.monotonic()
-    trainer.fit(
-        setup.module,
-        datamodule=setup.datamodule,
-        ckpt_path=setup.resume_from,
-        # Tensors and plain containers only: a planted checkpoint cannot run code.
-        weights_only=True,
-    )
-    seconds = time.monotonic() - started
-    if not setup.module.history:
-        # Spawned processes (ddp_spawn) trained copies: their bookkeeping comes back only
-        # through the checkpoint they wrote.
-        restore_fit_state(setup.module, setup.checkpoint_root / run_id / "last.ckpt")
-    reason = stop_reason(trainer, setup.module, early, tcfg.max_epochs)
-    return FitOutcome(trainer, checkpoint, seconds, reason)
-
-
-def restore_fit_state(module: LitClassifier, last_checkpoint: Path) -> None:
-    """History, epoch plan and elapsed time from the run's own last checkpoint, into ``module``."""
-    if not last_checkpoint.is_file():
-        return
-    state = torch.load(last_checkpoint, map_location="cpu", weights_only=True)
-    module.on_load_checkpoint(state)
-    module.fit_elapsed_s = module.elapsed_before_s
 
 
 def evaluate_best(
@@ -454,7 +208,7 @@ def evaluate_best(
         # Fit time across resumed sessions (equals train_minutes without a resume).
         "training_total_minutes": module.fit_elapsed_s / 60.0,
         "epochs_completed": float(epochs_done),
-        "planned_epochs": float(module.planned_epochs),
+        "planned_epochs": float(fit.budget.get("planned_epochs", module.planned_epochs)),
         "best_epoch": float(_best_epoch(module.history)),
         "train_images_per_s": images_seen / max(fit.fit_seconds, 1e-9),
     }
@@ -462,6 +216,7 @@ def evaluate_best(
     stamp = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, stamp, step) for k, v in metrics.items()])
     client.set_tag(run_id, "stop_reason", fit.stop_reason)
+    client.set_tag(run_id, "epoch_plan", str(fit.budget.get("plan_reason", "")))
     return model, results, metrics
 
 

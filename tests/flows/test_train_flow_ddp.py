@@ -22,6 +22,7 @@ def test_two_process_cpu_run_through_train_flow(
     monkeypatch.setenv("TRAIN_DEVICES", "2")
     monkeypatch.setenv("TRAIN_MAX_EPOCHS", "2")
     # A time budget: the epoch plan is decided by rank 0's clock and broadcast.
+    monkeypatch.setenv("TRAIN_MODE", "time-fitted")
     monkeypatch.setenv("TRAIN_TIME_BUDGET_MINUTES", "30")
 
     state = train_flow(TrainFlowParams(profile="smoke"), return_state=True)

@@ -16,7 +16,9 @@ def test_a_budget_too_short_for_the_floor_is_said_and_recorded(
     tiny_npz: Path, tmp_path: Path
 ) -> None:
     said: list[tuple[int, str]] = []
-    cfg = tiny_config(tmp_path, max_epochs=1, time_budget_minutes=1e-4, min_epochs_warning=5)
+    cfg = tiny_config(
+        tmp_path, mode="time-fitted", max_epochs=1, time_budget_minutes=1e-4, min_epochs_warning=5
+    )
     result = train_model(
         tiny_prepared(tiny_npz), cfg, notify=lambda lvl, msg: said.append((lvl, msg))
     )
@@ -29,7 +31,9 @@ def test_a_budget_too_short_for_the_floor_is_said_and_recorded(
 
 
 def test_a_budget_with_room_records_no_warning(tiny_npz: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, max_epochs=1, time_budget_minutes=30, min_epochs_warning=1)
+    cfg = tiny_config(
+        tmp_path, mode="time-fitted", max_epochs=1, time_budget_minutes=30, min_epochs_warning=1
+    )
     result = train_model(tiny_prepared(tiny_npz), cfg, notify=lambda lvl, msg: None)
     tags = MlflowClient(tracking_uri=cfg.tracking_uri).get_run(result.run_id).data.tags
     assert tags["budget_warning"] == ""

@@ -99,7 +99,7 @@ def test_a_set_precision_is_not_measured_against_others(monkeypatch: pytest.Monk
         hardware, "time_training_steps", lambda m, p, b, s, d: timed.append(p) or 100.0
     )
     cfg = train_config(
-        widths=(8,), blocks_per_stage=1, precision="32-true", time_budget_minutes=None
+        widths=(8,), blocks_per_stage=1, precision="32-true", mode="reproducible", max_epochs=1
     )
     plan = plan_hardware(cfg, lambda: build_model(cfg), train_size=64)
     assert plan.precision == FP32 and timed == [] and "set, not measured" in plan.reason
@@ -113,7 +113,8 @@ def test_budget_warning_names_the_speed_and_the_fix() -> None:
     assert "35 img/s" in message and "TRAIN_TIME_BUDGET_MINUTES" in message and "\n" not in message
     fast = HardwarePlan("cpu", FP32, 128, 0.1, rates={f"{FP32}@128": 440.0})
     assert budget_warning(fast, cfg, train_size=42_000) is None
-    assert budget_warning(slow, train_config(time_budget_minutes=None), train_size=42_000) is None
+    reproducible = train_config(mode="reproducible", max_epochs=40)
+    assert budget_warning(slow, reproducible, train_size=42_000) is None
 
 
 def test_gpu_asked_for_without_one_says_what_to_do() -> None:

@@ -27,7 +27,7 @@ def test_reproducible_mode_repeats_epochs_and_metrics(
     tiny_run: tuple[TrainResult, AppConfig], tiny_npz: Path, tmp_path: Path
 ) -> None:
     first, first_cfg = tiny_run  # the smoke profile: no time budget -> reproducible
-    assert first_cfg.train.time_budget_minutes is None
+    assert first_cfg.train.mode == "reproducible"
     again_cfg = tiny_config(tmp_path, ema_decay=0.9)
     second = train_model(tiny_prepared(tiny_npz), again_cfg)
     for key in METRICS:
@@ -75,7 +75,9 @@ def test_time_fitted_mode_fits_the_epochs_to_the_budget(
 ) -> None:
     """A budget shorter than one epoch: one epoch is trained of max_epochs 3, the schedule was
     planned for one, and the run says so; the wall-clock cut applies in this mode."""
-    cfg = tiny_config(tmp_path, max_epochs=3, time_budget_minutes=budget_minutes)
+    cfg = tiny_config(
+        tmp_path, mode="time-fitted", max_epochs=3, time_budget_minutes=budget_minutes
+    )
     result = train_model(tiny_prepared(tiny_npz), cfg)
     data = _run_data(result, cfg)
     assert data.params["training_mode"] == "time-fitted"
@@ -83,4 +85,5 @@ def test_time_fitted_mode_fits_the_epochs_to_the_budget(
     assert data.params["wall_clock_cut_minutes"] == str(cfg.train.max_time_minutes)
     assert data.metrics["epochs_completed"] == 1.0
     assert data.metrics["planned_epochs"] == 1.0
-    assert data.tags["stop_reason"] == "time budget: 1 of max_epochs 3 fit"
+    assert data.tags["stop_reason"] == "time budget: the 1 planned epochs done"
+    assert "1 epochs fill the" in data.tags["epoch_plan"]

@@ -33,8 +33,9 @@ def _run_data(result: TrainResult, cfg: AppConfig) -> Any:
 
 
 def _saved_state(checkpoint: Path) -> dict[str, Any]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["fashion_state"]
-    return dict(state)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    # The module's history and clock, and the budget callback's plan and stop.
+    return {**state["fashion_state"], **state["callbacks"]["TrainingBudget"]}
 
 
 def test_resume_from_a_finished_runs_checkpoint_restores_it_all(
@@ -70,14 +71,16 @@ def test_resume_last_goes_on_where_a_time_fitted_run_stopped(
     """A budget that fit 1 of 3 epochs, then ``resume_from: last`` with time to spare: epochs 2
     and 3 are trained on top of the restored epoch 1, and the clock goes on from the first
     session's time."""
-    short = tiny_config(tmp_path, max_epochs=3, time_budget_minutes=1e-4)
+    short = tiny_config(tmp_path, mode="time-fitted", max_epochs=3, time_budget_minutes=1e-4)
     first = train_model(tiny_prepared(tiny_npz), short)
     assert first.metrics["epochs_completed"] == 1.0 and first.metrics["planned_epochs"] == 1.0
     checkpoint = tmp_path / "outputs" / "checkpoints" / first.run_id / "last.ckpt"
     saved = _saved_state(checkpoint)
     assert len(saved["history"]) == 1
 
-    longer = tiny_config(tmp_path, max_epochs=3, time_budget_minutes=60.0, resume_from="last")
+    longer = tiny_config(
+        tmp_path, mode="time-fitted", max_epochs=3, time_budget_minutes=60.0, resume_from="last"
+    )
     resumed = train_model(tiny_prepared(tiny_npz), longer)
 
     data = _run_data(resumed, longer)
@@ -87,7 +90,7 @@ def test_resume_last_goes_on_where_a_time_fitted_run_stopped(
     assert history[0] == saved["history"][0]  # restored, not trained again
     assert resumed.metrics["epochs_completed"] == 3.0
     assert resumed.metrics["planned_epochs"] == 3.0  # re-planned for the time now given
-    assert data.tags["stop_reason"] == "max_epochs 3 reached"
+    assert data.tags["stop_reason"].startswith("max_epochs 3 reached (the cap")
     # The clock starts at the first session's time: every resumed epoch ends after it, and the
     # total across sessions exceeds this session's own fit by about the restored time.
     elapsed = [row["elapsed_s"] for row in history]

@@ -44,7 +44,8 @@ def test_metrics_params_tags_reach_mlflow(run: tuple[TrainResult, AppConfig, Any
     assert int(data.params["num_parameters"]) > 0 and float(data.params["mmacs_per_view"]) > 0
     assert data.params["chosen_precision"] in ("32-true", "bf16-mixed")
     assert data.params["precision_reason"]
-    assert any(key.startswith("probe_32-true") for key in data.params)
+    # The smoke profile is reproducible: precision by the device's capability, no timing.
+    assert "not timed" in data.params["precision_reason"]
     assert data.params["n_train"] == "512"
     assert data.tags["data_md5"] == "tiny-md5"
     assert data.tags["split_hash"] == "tiny-split"
