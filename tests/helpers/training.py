@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
 
 from src.config import AppConfig, load_config
 from src.data.split import PreparedData
+from src.training.module import LitClassifier
 from tests.helpers.mlflow_db import new_sqlite_store
 
 
@@ -52,3 +54,32 @@ def tiny_config(root: Path, **train: object) -> AppConfig:
             },
         },
     )
+
+
+def synthetic_npz(path: Path, n_train: int = 256, n_eval: int = 64) -> Path:
+    """Random images and labels in the prepared-split layout: for tests of the training machinery
+    that need no real images (and so read no real data)."""
+    rng = np.random.default_rng(0)
+    sizes = {"train": n_train, "val": n_eval, "test": n_eval}
+    arrays = {}
+    for split, size in sizes.items():
+        arrays[f"x_{split}"] = rng.integers(0, 256, (size, 28, 28), np.uint8)
+        arrays[f"y_{split}"] = rng.integers(0, 10, size).astype(np.int64)
+    np.savez(path, **arrays)
+    return path
+
+
+class RankSkewedClock(LitClassifier):
+    """A real module whose rank 1 clock runs a million seconds ahead: on its own, rank 1 would
+    plan to stop after its first epoch while rank 0 plans ``max_epochs``. Each process writes
+    the plan it followed and the epochs it ran to ``report_dir`` (it runs in a spawned copy)."""
+
+    report_dir = ""
+
+    def elapsed_s(self) -> float:
+        return super().elapsed_s() + (1e6 if self.global_rank == 1 else 0.0)
+
+    def on_train_end(self) -> None:
+        ran = self.trainer.fit_loop.epoch_progress.current.completed
+        report = {"planned_epochs": self.planned_epochs, "epochs_run": ran}
+        (Path(self.report_dir) / f"rank{self.global_rank}.json").write_text(json.dumps(report))

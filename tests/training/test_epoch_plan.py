@@ -4,6 +4,7 @@ fewer than the epochs done nor more than ``max_epochs``; training stops when the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,39 @@ def test_without_a_budget_the_plan_is_max_epochs(
     assert plan.epoch_ends_at(1000.0) == 2 and not plan.trainer.should_stop
     assert "planned_epochs" not in plan.logged
     assert plan.epoch_ends_at(2000.0) == 2 and plan.trainer.should_stop
+
+
+@pytest.mark.timeout(300)
+def test_every_process_follows_rank_0_s_plan(tmp_path: Path) -> None:
+    """Two real CPU processes (DDP on gloo) whose clocks disagree: rank 1's says the 30-minute
+    budget is spent after the first epoch. Both follow rank 0's plan (3 epochs): processes that
+    planned differently would stop at different epochs and hang the other one's all-reduce."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from src.training.train import prepare_fit
+    from tests.helpers.training import RankSkewedClock, synthetic_npz, tiny_prepared
+
+    cfg = tiny_config(
+        tmp_path, accelerator="cpu", devices=2, max_epochs=3, time_budget_minutes=30.0
+    )
+    setup = prepare_fit(tiny_prepared(synthetic_npz(tmp_path / "tiny.npz")), cfg)
+    module = RankSkewedClock(setup.train_cfg)
+    module.report_dir = str(tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        # A generous collective timeout: a process left waiting fails the test, not the session.
+        strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=90)),
+        use_distributed_sampler=False,
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=setup.datamodule)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert reports == [{"planned_epochs": 3, "epochs_run": 3}] * 2
