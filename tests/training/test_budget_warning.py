@@ -16,7 +16,13 @@ def test_a_budget_too_short_for_the_floor_is_said_and_recorded(
     tiny_npz: Path, tmp_path: Path
 ) -> None:
     said: list[tuple[int, str]] = []
-    cfg = tiny_config(tmp_path, max_epochs=1, time_budget_minutes=1e-4, min_epochs_warning=5)
+    cfg = tiny_config(
+        tmp_path,
+        accelerator="cpu",  # the "Training on cpu" line below, also on a GPU host
+        max_epochs=1,
+        time_budget_minutes=1e-4,
+        min_epochs_warning=5,
+    )
     result = train_model(
         tiny_prepared(tiny_npz), cfg, notify=lambda lvl, msg: said.append((lvl, msg))
     )
