@@ -60,6 +60,22 @@ def test_without_the_check_onnx_runtime_reads_the_working_folder(
     assert bytes(logits[0].astype(np.uint8)) == SECRET[:10]
 
 
+def test_the_empty_external_data_folder_alone_stops_the_read(
+    secret_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second safeguard on its own: with the byte check switched off, the session resolves
+    external-data names in the process's private empty folder, not the working one, so the
+    exfiltration model cannot open its file (the test above shows that it would from there)."""
+    from src import onnx_model
+
+    monkeypatch.setattr(onnx_model, "check_model_bytes", lambda model_bytes: None)
+    monkeypatch.chdir(secret_folder)
+    with pytest.raises(ModelLoadError, match="not a valid ONNX model") as caught:
+        load_onnx_classifier(exfiltration_model(), CLASS_NAMES, threads=1)
+    assert SECRET[:10].decode() not in str(caught.value)
+    assert list(onnx_model.empty_folder().iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("model", "named"),
     [

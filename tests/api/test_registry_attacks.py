@@ -148,6 +148,20 @@ def _assert_served_from_onnx_only(server_url: str, version: str, marker: Path) -
     assert not marker.exists(), "the payload in the registered model ran inside the API"
 
 
+def _assert_planted_payload_runs(planted: bytes, marker: Path) -> None:
+    """The positive control: the bytes planted in the registered model do run code when
+    unpickled, so the marker's absence while serving means nothing unpickled them."""
+    assert not marker.exists()
+    pickle.loads(planted)  # the test's own payload, here on purpose
+    assert marker.read_text() == "payload ran"
+
+
+def _pt2_pickled_member(model_folder: Path) -> bytes:
+    with zipfile.ZipFile(model_folder / "data" / "model.pt2") as archive:
+        [member] = [n for n in archive.namelist() if n.endswith("sample_inputs/model.pt")]
+        return archive.read(member)
+
+
 def test_a_pickle_flavour_version_never_runs_code(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -159,6 +173,9 @@ def test_a_pickle_flavour_version_never_runs_code(
     assert not marker.exists()  # logging it ran nothing
     registry.promote(registry.add_source(uri, run_id, "pickle"))
     _assert_served_from_onnx_only(server.url, "2", marker)
+    _assert_planted_payload_runs(
+        (Path(uri[len("file://") :]) / "data" / "model.pth").read_bytes(), marker
+    )
 
 
 def test_a_pt2_copy_with_a_payload_member_never_runs_code(
@@ -173,6 +190,7 @@ def test_a_pt2_copy_with_a_payload_member_never_runs_code(
     uri, run_id = _new_run_with(registry, log)
     registry.promote(registry.add_source(uri, run_id, "pt2-payload"))
     _assert_served_from_onnx_only(server.url, "2", marker)
+    _assert_planted_payload_runs(_pt2_pickled_member(Path(uri[len("file://") :])), marker)
 
 
 def _model_folder_with_mlmodel(registry: Registry, workdir: Path, mlmodel: str) -> str:
