@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,16 @@ class RankSkewedClock(LitClassifier):
         ran = self.trainer.fit_loop.epoch_progress.current.completed
         report = {"planned_epochs": self.planned_epochs, "epochs_run": ran}
         (Path(self.report_dir) / f"rank{self.global_rank}.json").write_text(json.dumps(report))
+
+
+def committed_git_repo(root: Path) -> str:
+    """Make ``root`` a git repository with one commit (what the run's git_commit tag should
+    name); returns that commit."""
+    git = ["git", "-C", str(root), "-c", "user.name=tests", "-c", "user.email=tests@localhost"]
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*git, "init", "-q"], check=True, timeout=30)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "tiny"], check=True, timeout=30)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, timeout=30, capture_output=True, text=True
+    )
+    return head.stdout.strip()

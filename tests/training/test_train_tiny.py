@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,14 @@ def test_metrics_params_tags_reach_mlflow(run: tuple[TrainResult, AppConfig, Any
     assert data.params["n_train"] == "512"
     assert data.tags["data_md5"] == "tiny-md5"
     assert data.tags["split_hash"] == "tiny-split"
-    assert data.tags["git_commit"]
+    head = subprocess.run(
+        ["git", "-C", str(cfg.paths.root), "rev-parse", "HEAD"],
+        check=True,
+        timeout=30,
+        capture_output=True,
+        text=True,
+    )
+    assert data.tags["git_commit"] == head.stdout.strip()  # the run's files are untracked
 
 
 def test_artifacts_reach_mlflow(run: tuple[TrainResult, AppConfig, Any]) -> None:
