@@ -100,6 +100,7 @@ def test_a_graph_exported_by_the_trainer_passes(registry: Registry) -> None:
     check_model_bytes((onnx_file / "onnx" / "model.onnx").read_bytes())
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_the_exfiltration_model_promoted_on_a_running_server_leaks_nothing(
     registry: Registry, server_factory: Any, secret_folder: Path
 ) -> None:

@@ -75,6 +75,7 @@ def nan_speaking_server(mlflow_server: str) -> Iterator[NanProxy]:  # noqa: F811
     httpd.server_close()
 
 
+@pytest.mark.integration  # a real server: mlflow_server
 def test_model_info_leaves_out_metrics_that_are_not_numbers(
     mlflow_server: str,  # noqa: F811
     nan_speaking_server: NanProxy,

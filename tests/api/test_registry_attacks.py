@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import mlflow
+import pytest
 import torch
 
 from src.model_io import MODEL_ARTIFACT_NAME
@@ -162,6 +163,7 @@ def _pt2_pickled_member(model_folder: Path) -> bytes:
         return archive.read(member)
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_a_pickle_flavour_version_never_runs_code(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -178,6 +180,7 @@ def test_a_pickle_flavour_version_never_runs_code(
     )
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_a_pt2_copy_with_a_payload_member_never_runs_code(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -203,6 +206,7 @@ def _model_folder_with_mlmodel(registry: Registry, workdir: Path, mlmodel: str) 
     return mlflow.get_artifact_uri("model")
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_mlmodel_yaml_payload_never_runs_code(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -225,6 +229,7 @@ def test_an_mlmodel_yaml_payload_never_runs_code(
     _assert_served_from_onnx_only(server.url, "2", marker)
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_oversized_mlmodel_is_not_read(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -249,6 +254,7 @@ def test_an_oversized_mlmodel_is_not_read(
     assert "forged-7" not in str(model)
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_mlmodel_under_the_cap_is_read(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -273,6 +279,7 @@ def test_an_mlmodel_under_the_cap_is_read(
     assert answer.json()["label"] == "forged-7"
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_onnx_model_over_max_model_bytes_is_refused(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -301,6 +308,7 @@ def test_an_onnx_model_over_max_model_bytes_is_refused(
     assert f"over the {small} limit" in model["load_error"], model["load_error"]
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_onnx_file_that_is_a_pickle_is_refused(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ def test_the_hourly_deployment_leaves_its_schedule_to_the_monitor_config() -> No
     assert params.dry_run is False
 
 
+@pytest.mark.integration  # a real server: prefect_api, prefect_server
 def test_no_production_model_is_a_clear_one_line_error(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -21,6 +22,7 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_the_served_input_is_the_training_batch(
     tiny_npz: Path, tmp_path: Path, model_sources: ModelSources
 ) -> None:
