@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows import data_flow
 from flows.monitoring_tasks import describe_version_task
 from flows.training_tasks import (
+    TrainResultLike,
     evaluate_task,
     gate_task,
     promote_task,
@@ -36,6 +37,7 @@ from flows.training_tasks import (
 from src.cli import call
 from src.config import AppConfig, load_config
 from src.data.split import PreparedData
+from src.promotion import Evaluation
 from src.serving.redact import redact_text
 
 
@@ -122,6 +124,19 @@ def train_flow(params: TrainFlowParams | None = None) -> dict[str, Any]:
     outcome = gate_task(prepared, trained, evaluation, version, cfg)
     describe_version_task(prepared, trained, evaluation, version, outcome, cfg)  # monitoring
     promotion = promote_task(prepared, trained, evaluation, version, outcome, cfg)
+    return flow_summary(cfg, prepared, trained, evaluation, version, promotion, production_before)
+
+
+def flow_summary(
+    cfg: AppConfig,
+    prepared: PreparedData,
+    trained: TrainResultLike,
+    evaluation: Evaluation,
+    version: str,
+    promotion: dict[str, Any],
+    production_before: str | None,
+) -> dict[str, Any]:
+    """train-flow's result (shown, logged and kept by Prefect)."""
     return {
         "profile": cfg.profile,
         # Shown, logged and kept as the flow's result: without the URI's password or token.

@@ -120,3 +120,67 @@ def test_mismatched_lengths_are_refused() -> None:
     y = _labels()
     with pytest.raises(ValueError, match="same prepared test split"):
         evaluate_gate(y, y[:10], gate_config())
+
+
+def _one_class_missed() -> tuple[np.ndarray, np.ndarray]:
+    """1000 balanced labels; class 9 always answered as class 0: accuracy 0.9, macro-F1 ~0.867."""
+    y = _labels()
+    pred = y.copy()
+    pred[y == 9] = 0
+    return y, pred
+
+
+def test_the_macro_f1_floor_decides_alone() -> None:
+    y, pred = _one_class_missed()
+    decision = evaluate_gate(y, pred, gate_config(min_accuracy=0.85, min_macro_f1=0.9))
+    assert not decision.passed
+    assert any("accuracy 0.9000 meets the floor 0.8500" in r for r in decision.reasons)
+    assert any("macro_f1 0.8667 is below the floor 0.9000" in r for r in decision.reasons)
+
+
+def test_a_value_at_a_floor_meets_it() -> None:
+    y, pred = _one_class_missed()
+    f1 = classification_metrics(y, pred)["macro_f1"]
+    assert evaluate_gate(y, pred, gate_config(min_accuracy=0.9, min_macro_f1=f1)).passed
+    above = np.nextafter(0.9, 1.0)
+    assert not evaluate_gate(y, pred, gate_config(min_accuracy=above, min_macro_f1=0.0)).passed
+    above_f1 = np.nextafter(f1, 1.0)
+    assert not evaluate_gate(y, pred, gate_config(min_accuracy=0.0, min_macro_f1=above_f1)).passed
+
+
+def test_a_p_value_at_alpha_is_not_significant() -> None:
+    y = _labels()
+    champion = _with_errors(y, np.arange(0, 40))
+    candidate = _with_errors(y, np.arange(500, 580))  # significantly worse (p ~ 3.7e-4)
+    p_value = mcnemar(y, candidate, champion).p_value
+    floors = {"min_accuracy": 0.0, "min_macro_f1": 0.0}
+    at = evaluate_gate(y, candidate, gate_config(alpha=p_value, **floors), champion_pred=champion)
+    assert at.passed, at.reasons
+    above = gate_config(alpha=np.nextafter(p_value, 1.0), **floors)
+    assert not evaluate_gate(y, candidate, above, champion_pred=champion).passed
+
+
+def test_the_macro_f1_margin_decides_alone() -> None:
+    """A rare class (10 of 1000) loses 4 answers: accuracy drops 0.004, within the 0.005
+    margin; macro-F1 drops ~0.027, beyond it."""
+    y = np.concatenate([np.arange(990) % 9, np.full(10, 9)])
+    candidate = y.copy()
+    candidate[990:994] = 0
+    cfg = gate_config(comparison="margin", margin=0.005, min_accuracy=0.0, min_macro_f1=0.0)
+    decision = evaluate_gate(y, candidate, cfg, champion_pred=y.copy(), champion_version="1")
+    assert not decision.passed
+    assert any(r.startswith("accuracy 0.9960 within the margin") for r in decision.reasons)
+    assert any(r.startswith("macro_f1") and "more than the margin" in r for r in decision.reasons)
+
+
+def test_a_drop_equal_to_the_margin_is_within_it() -> None:
+    y = _labels()
+    champion = _with_errors(y, np.arange(0, 40))
+    candidate = _with_errors(y, np.arange(0, 45))
+    champ, cand = classification_metrics(y, champion), classification_metrics(y, candidate)
+    drop = max(champ[m] - cand[m] for m in ("accuracy", "macro_f1"))
+    floors = {"min_accuracy": 0.0, "min_macro_f1": 0.0}
+    at = gate_config(comparison="margin", margin=drop, **floors)
+    assert evaluate_gate(y, candidate, at, champion_pred=champion).passed
+    below = gate_config(comparison="margin", margin=np.nextafter(drop, 0.0), **floors)
+    assert not evaluate_gate(y, candidate, below, champion_pred=champion).passed

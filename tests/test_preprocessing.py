@@ -18,6 +18,7 @@ from src.preprocessing import (
     preprocess_image,
     to_model_image,
 )
+from tests.helpers.api import ModelSources
 from tests.helpers.images import png_header_only
 from tests.helpers.serving import served_inputs
 
@@ -35,11 +36,11 @@ def _garment() -> np.ndarray:
     return array
 
 
-def test_fashion_mnist_image_is_unchanged_by_the_api_path() -> None:
-    """What the served model receives for an uploaded 28×28 grayscale PNG (the API's classify
+def test_fashion_mnist_image_is_unchanged_by_the_api_path(model_sources: ModelSources) -> None:
+    """What the served model receives for an uploaded 28×28 grayscale PNG (the API's request
     path) is the training tensor of the same array, bit for bit."""
     array = _garment()
-    served = served_inputs([_encode(Image.fromarray(array))])
+    served = served_inputs(model_sources, [_encode(Image.fromarray(array))])
     trained = normalize(array[None])
     assert served.shape == (1, 1, 28, 28)
     assert torch.equal(torch.from_numpy(served), trained)

@@ -21,6 +21,7 @@ from src.preprocessing import normalize
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
 from src.serving.workers import usable_cores
 from tests.helpers.api import (
+    ModelSources,
     Registry,
     api_client_for,
     encode,
@@ -521,11 +522,11 @@ def test_hot_reload_swaps_atomically_under_concurrent_requests(registry: Registr
     assert set(seen) == {"1", "2", "3"}
 
 
-def test_normalisation_matches_training() -> None:
-    """The served path (the API's classify: header check, decode, to_model_image, normalise) and
+def test_normalisation_matches_training(model_sources: ModelSources) -> None:
+    """The served path (a /predict/batch request: header check, decode, to_model_image, normalise) and
     the training path (normalize on the uint8 array) give the same tensor for 28×28 grayscale
     PNGs, bit for bit."""
     arrays = sample_images(3, seed=11)
-    served = served_inputs([encode(array) for array in arrays])
+    served = served_inputs(model_sources, [encode(array) for array in arrays])
     assert served.dtype == np.float32
     assert torch.equal(torch.from_numpy(served), normalize(np.stack(arrays)))

@@ -229,6 +229,7 @@ def test_a_stalled_body_gets_408_and_a_short_body_400() -> None:
     assert sent[0]["status"] == 400
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_a_body_shorter_than_its_content_length_is_answered_by_the_server(
     registry: Registry, server_factory: Any
 ) -> None:
@@ -278,6 +279,7 @@ def test_a_non_ascii_api_key_matches_its_utf8_bytes(registry: Registry) -> None:
     assert bad.status_code == 401
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_work_is_dropped_when_the_client_disconnects(
     registry: Registry, server_factory: Any
 ) -> None:

@@ -60,6 +60,22 @@ def test_without_the_check_onnx_runtime_reads_the_working_folder(
     assert bytes(logits[0].astype(np.uint8)) == SECRET[:10]
 
 
+def test_the_empty_external_data_folder_alone_stops_the_read(
+    secret_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second safeguard on its own: with the byte check switched off, the session resolves
+    external-data names in the process's private empty folder, not the working one, so the
+    exfiltration model cannot open its file (the test above shows that it would from there)."""
+    from src import onnx_model
+
+    monkeypatch.setattr(onnx_model, "check_model_bytes", lambda model_bytes: None)
+    monkeypatch.chdir(secret_folder)
+    with pytest.raises(ModelLoadError, match="not a valid ONNX model") as caught:
+        load_onnx_classifier(exfiltration_model(), CLASS_NAMES, threads=1)
+    assert SECRET[:10].decode() not in str(caught.value)
+    assert list(onnx_model.empty_folder().iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("model", "named"),
     [
@@ -84,6 +100,7 @@ def test_a_graph_exported_by_the_trainer_passes(registry: Registry) -> None:
     check_model_bytes((onnx_file / "onnx" / "model.onnx").read_bytes())
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_the_exfiltration_model_promoted_on_a_running_server_leaks_nothing(
     registry: Registry, server_factory: Any, secret_folder: Path
 ) -> None:

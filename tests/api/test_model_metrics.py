@@ -6,6 +6,7 @@ import http.server
 import math
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,12 +20,29 @@ from src.model_io import log_onnx
 from tests.api.test_registry_reader import mlflow_server  # noqa: F401  (fixture)
 from tests.helpers.api import ModelSources, Registry, constant_model, make_config, wait_until
 
+# MLflow's spellings of NaN, +inf and -inf, and the bare JSON tokens the proxy sends instead.
+SUBSTITUTIONS = (
+    (b'"NaN"', b"NaN"),
+    (b'"Infinity"', b"Infinity"),
+    (b'"-Infinity"', b"-Infinity"),
+    (b"-1.7976931348623157e+308", b"-Infinity"),
+    (b"1.7976931348623157e+308", b"Infinity"),
+)
+
+
+@dataclass
+class NanProxy:
+    url: str
+    substituted: set[bytes]
+
 
 @pytest.fixture
-def nan_speaking_server(mlflow_server: str) -> Iterator[str]:  # noqa: F811
+def nan_speaking_server(mlflow_server: str) -> Iterator[NanProxy]:  # noqa: F811
     """The MLflow server behind a proxy that sends its NaN and infinite metric values as the
     JSON tokens ``NaN`` / ``Infinity`` (as Python's json and other servers write them) instead
     of MLflow's quoted strings and clamped floats."""
+
+    substituted: set[bytes] = set()  # what the proxy did rewrite (the test checks it did)
 
     class Proxy(http.server.BaseHTTPRequestHandler):
         def _forward(self) -> None:
@@ -35,8 +53,10 @@ def nan_speaking_server(mlflow_server: str) -> Iterator[str]:  # noqa: F811
             )
             content = upstream.content
             if "runs/get" in self.path:
-                content = content.replace(b'"NaN"', b"NaN").replace(b'"Infinity"', b"Infinity")
-                content = content.replace(b"1.7976931348623157e+308", b"Infinity")
+                for quoted, token in SUBSTITUTIONS:
+                    if quoted in content:
+                        substituted.add(quoted)
+                        content = content.replace(quoted, token)
             self.send_response(upstream.status_code)
             self.send_header("Content-Type", upstream.headers.get("content-type", "text/plain"))
             self.send_header("Content-Length", str(len(content)))
@@ -50,14 +70,15 @@ def nan_speaking_server(mlflow_server: str) -> Iterator[str]:  # noqa: F811
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield NanProxy(f"http://127.0.0.1:{httpd.server_address[1]}", substituted)
     httpd.shutdown()
     httpd.server_close()
 
 
+@pytest.mark.integration  # a real server: mlflow_server
 def test_model_info_leaves_out_metrics_that_are_not_numbers(
     mlflow_server: str,  # noqa: F811
-    nan_speaking_server: str,
+    nan_speaking_server: NanProxy,
     model_sources: ModelSources,
 ) -> None:
     previous = mlflow.get_tracking_uri()
@@ -76,7 +97,7 @@ def test_model_info_leaves_out_metrics_that_are_not_numbers(
         mlflow_server, "served", MlflowClient(mlflow_server, mlflow_server), model_sources
     )
     registry.promote(registry.add_source(model_uri, run.info.run_id, "tshirt"))
-    with TestClient(create_app(make_config(nan_speaking_server, "served"))) as client:
+    with TestClient(create_app(make_config(nan_speaking_server.url, "served"))) as client:
         wait_until(lambda: client.get("/ready").status_code == 200)
         answer = client.get("/model")
     assert answer.status_code == 200, answer.text
@@ -84,3 +105,9 @@ def test_model_info_leaves_out_metrics_that_are_not_numbers(
     assert metrics["test_accuracy"] == 0.93
     assert all(math.isfinite(v) for v in metrics.values())
     assert "lr_nan" not in metrics
+    assert "up" not in metrics and "down" not in metrics
+    # The app did read the bare tokens: the proxy rewrote a NaN and both infinities.
+    assert b'"NaN"' in nan_speaking_server.substituted
+    assert {b"-1.7976931348623157e+308", b"1.7976931348623157e+308"} <= (
+        nan_speaking_server.substituted
+    ) or {b'"Infinity"', b'"-Infinity"'} <= nan_speaking_server.substituted

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import mlflow
+import pytest
 import torch
 
 from src.model_io import MODEL_ARTIFACT_NAME
@@ -148,6 +149,21 @@ def _assert_served_from_onnx_only(server_url: str, version: str, marker: Path) -
     assert not marker.exists(), "the payload in the registered model ran inside the API"
 
 
+def _assert_planted_payload_runs(planted: bytes, marker: Path) -> None:
+    """The positive control: the bytes planted in the registered model do run code when
+    unpickled, so the marker's absence while serving means nothing unpickled them."""
+    assert not marker.exists()
+    pickle.loads(planted)  # the test's own payload, here on purpose
+    assert marker.read_text() == "payload ran"
+
+
+def _pt2_pickled_member(model_folder: Path) -> bytes:
+    with zipfile.ZipFile(model_folder / "data" / "model.pt2") as archive:
+        [member] = [n for n in archive.namelist() if n.endswith("sample_inputs/model.pt")]
+        return archive.read(member)
+
+
+@pytest.mark.integration  # a real server: server_factory
 def test_a_pickle_flavour_version_never_runs_code(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -159,8 +175,12 @@ def test_a_pickle_flavour_version_never_runs_code(
     assert not marker.exists()  # logging it ran nothing
     registry.promote(registry.add_source(uri, run_id, "pickle"))
     _assert_served_from_onnx_only(server.url, "2", marker)
+    _assert_planted_payload_runs(
+        (Path(uri[len("file://") :]) / "data" / "model.pth").read_bytes(), marker
+    )
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_a_pt2_copy_with_a_payload_member_never_runs_code(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -173,6 +193,7 @@ def test_a_pt2_copy_with_a_payload_member_never_runs_code(
     uri, run_id = _new_run_with(registry, log)
     registry.promote(registry.add_source(uri, run_id, "pt2-payload"))
     _assert_served_from_onnx_only(server.url, "2", marker)
+    _assert_planted_payload_runs(_pt2_pickled_member(Path(uri[len("file://") :])), marker)
 
 
 def _model_folder_with_mlmodel(registry: Registry, workdir: Path, mlmodel: str) -> str:
@@ -185,6 +206,7 @@ def _model_folder_with_mlmodel(registry: Registry, workdir: Path, mlmodel: str) 
     return mlflow.get_artifact_uri("model")
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_mlmodel_yaml_payload_never_runs_code(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -207,6 +229,7 @@ def test_an_mlmodel_yaml_payload_never_runs_code(
     _assert_served_from_onnx_only(server.url, "2", marker)
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_oversized_mlmodel_is_not_read(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -231,6 +254,7 @@ def test_an_oversized_mlmodel_is_not_read(
     assert "forged-7" not in str(model)
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_mlmodel_under_the_cap_is_read(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -255,6 +279,7 @@ def test_an_mlmodel_under_the_cap_is_read(
     assert answer.json()["label"] == "forged-7"
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_onnx_model_over_max_model_bytes_is_refused(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:
@@ -283,6 +308,7 @@ def test_an_onnx_model_over_max_model_bytes_is_refused(
     assert f"over the {small} limit" in model["load_error"], model["load_error"]
 
 
+@pytest.mark.integration  # a real server: server_factory
 def test_an_onnx_file_that_is_a_pickle_is_refused(
     registry: Registry, server_factory: Any, tmp_path: Path
 ) -> None:

@@ -125,6 +125,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
+@pytest.mark.integration  # a real server: mlflow_server
 def test_loads_production_from_an_mlflow_server_through_its_artifact_proxy(
     mlflow_server: str, model_sources: ModelSources
 ) -> None:

@@ -54,6 +54,7 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     return calls
 
 
+@pytest.mark.integration  # a real server: prefect_api
 def test_flow_versions_validates_splits_and_caches(
     project: tuple[AppConfig, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,6 +148,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.integration  # a real server: prefect_api
 @pytest.mark.parametrize(
     ("case", "damage", "error", "needle"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
 )
@@ -180,6 +182,7 @@ def test_bad_input_leaves_data_and_remote_untouched(
         )
 
 
+@pytest.mark.integration  # a real server: prefect_api
 def test_download_retries_transient_errors_only(
     project: tuple[AppConfig, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,6 +220,7 @@ def test_download_retries_transient_errors_only(
     assert len(attempts) == 1  # a permanent error is not retried
 
 
+@pytest.mark.integration  # a real server: prefect_api
 def test_swapping_and_splitting_data_hold_the_data_lock(
     project: tuple[AppConfig, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -54,6 +54,7 @@ def _record(result: Any, serializer: Any, key: str = "k") -> bytes:
     return ResultRecord(metadata=metadata, result=result).serialize()
 
 
+@pytest.mark.integration  # a real server: prefect_api
 def test_only_json_records_of_the_data_results_pass(tmp_path: Path) -> None:
     fetched = FetchedData(tmp_path, {"a.gz": "0" * 32}, "url", True, ["n"])
     good = _record(fetched, JSONSerializer())
@@ -73,6 +74,7 @@ def test_only_json_records_of_the_data_results_pass(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.integration  # a real server: prefect_api
 def test_a_planted_pickle_in_the_result_cache_never_runs(
     project: AppConfig, tmp_path: Path
 ) -> None:

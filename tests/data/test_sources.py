@@ -74,6 +74,7 @@ def mirror(shared_data_dir: Path) -> Iterator[_Server]:
     server.close()
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_url_download_real_http_path(mirror: _Server, tmp_path: Path) -> None:
     cfg = tiny_config(source="url", url_base=mirror.url)
     fetched = fetch_source(cfg, tmp_path / "staging", tmp_path)
@@ -81,6 +82,7 @@ def test_url_download_real_http_path(mirror: _Server, tmp_path: Path) -> None:
     assert sorted(p.name for p in fetched.folder.glob("*.gz")) == sorted(KNOWN_MD5)
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 @pytest.mark.parametrize("failure", ["503", "dropped"])
 def test_url_transient_errors_are_retried(mirror: _Server, tmp_path: Path, failure: str) -> None:
     mirror.fail_first, mirror.failure = 2, failure
@@ -92,6 +94,7 @@ def test_url_transient_errors_are_retried(mirror: _Server, tmp_path: Path, failu
     assert len(mirror.requests) == 4  # 2 failed + 2 files
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_url_gives_up_with_one_line_error(mirror: _Server, tmp_path: Path) -> None:
     mirror.fail_first = 100
     session = requests.Session()  # an injected Session-like transport

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def test_nginx_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     assert "server 127.0.0.1:18001 " in text and "server 127.0.0.1:18002 " in text
     serve = load_config(environ={}).serve
     assert f"client_max_body_size {serve.max_batch_bytes};" in text
+    # /predict takes one image: its own, smaller limit.
+    single = re.search(r"location = /predict \{\s*client_max_body_size (\d+);", text)
+    assert single and int(single.group(1)) == serve.max_image_request_bytes < serve.max_batch_bytes
 
 
 def test_a_placeholder_without_a_value_is_an_error() -> None:

@@ -47,6 +47,7 @@ def test_prefect_yaml_matches_the_flow_config() -> None:
     TrainFlowParams.model_validate(deployment["parameters"]["params"])
 
 
+@pytest.mark.integration  # a real server: prefect_server
 def test_deploy_script_registers_a_scheduled_deployment_from_config(
     prefect_server: PrefectServer,
 ) -> None:

@@ -19,9 +19,12 @@ def test_two_process_cpu_run_through_train_flow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: str, tiny_sources: TinySources
 ) -> None:
     root = use_project(tmp_path / "project", tiny_sources.good, monkeypatch)
+    # Two CPU processes on any host: on a GPU host "auto" would ask for two GPUs.
+    monkeypatch.setenv("TRAIN_ACCELERATOR", "cpu")
     monkeypatch.setenv("TRAIN_DEVICES", "2")
     monkeypatch.setenv("TRAIN_MAX_EPOCHS", "2")
-    # A time budget: the epoch plan is decided by rank 0's clock and broadcast.
+    # A time budget, so the plan is decided by rank 0's clock and broadcast (that ranks whose
+    # clocks disagree follow rank 0's plan is tests/training/test_epoch_plan.py's).
     monkeypatch.setenv("TRAIN_MODE", "time-fitted")
     monkeypatch.setenv("TRAIN_TIME_BUDGET_MINUTES", "30")
 

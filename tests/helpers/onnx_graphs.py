@@ -137,6 +137,24 @@ def long_kernel_model(side: int) -> bytes:
     return _model(nodes, inits)
 
 
+def long_kernel_side(seconds: float) -> int:
+    """The side of :func:`long_kernel_model` whose kernel takes about ``seconds`` here: a
+    (1000, 1000) MatMul is timed (best of 3, on every core: the fastest it can run) and the side
+    scaled by the cube root, so the kernel outlasts a deadline on a fast CPU as on a slow one."""
+    import time
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(long_kernel_model(1000), providers=["CPUExecutionProvider"])
+    images = np.zeros((1, 1, 28, 28), np.float32)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        session.run(None, {"images": images})
+        best = min(best, time.perf_counter() - started)
+    return max(1000, int(1000 * (seconds / max(best, 1e-6)) ** (1 / 3)))
+
+
 def check(model_bytes: bytes) -> None:
     """The graph is valid ONNX apart from what it reaches (external data is not loaded)."""
     onnx.checker.check_model(onnx.load_model_from_string(model_bytes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,16 @@ def tiny_config(root: Path, **train: object) -> AppConfig:
             },
         },
     )
+
+
+def committed_git_repo(root: Path) -> str:
+    """Make ``root`` a git repository with one commit (what the run's git_commit tag should
+    name); returns that commit."""
+    git = ["git", "-C", str(root), "-c", "user.name=tests", "-c", "user.email=tests@localhost"]
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*git, "init", "-q"], check=True, timeout=30)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "tiny"], check=True, timeout=30)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, timeout=30, capture_output=True, text=True
+    )
+    return head.stdout.strip()

@@ -212,6 +212,7 @@ def _train_deployment(server: PrefectServer) -> str:
     return str(deployment.json()["id"])
 
 
+@pytest.mark.integration  # a real server: prefect_server, shared_data_dirstart_server(
 def test_clean_then_shifted_images_and_retraining(
     world: World, prefect_server: PrefectServer, tmp_path: Path
 ) -> None:

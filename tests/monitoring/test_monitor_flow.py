@@ -28,6 +28,7 @@ def test_the_hourly_deployment_carries_the_monitor_config_schedule() -> None:
     assert params.dry_run is False
 
 
+@pytest.mark.integration  # a real server: prefect_api, prefect_server
 def test_no_production_model_is_a_clear_one_line_error(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -17,7 +17,7 @@ from flows.monitor_flow import drift_triggered_runs
 from src.api import create_app
 from src.monitoring import monitor
 from src.monitoring.drift import decide
-from src.monitoring.retrain import RETRAIN_TAGS, TriggeredRun, retrain_verdict
+from src.monitoring.retrain import RETRAIN_TAGS, RetrainVerdict, TriggeredRun, retrain_verdict
 from src.monitoring.store import PredictionStore
 from tests.helpers.api import Registry, encode, wait_until
 from tests.helpers.config import app_config, monitor_config
@@ -160,3 +160,67 @@ def test_a_queued_drift_triggered_run_blocks_the_next_one(
         client.set_flow_run_state(started.id, Completed(), force=True)
     done = retrain_verdict(drift_triggered_runs(time.time()), 3, cfg, time.time())
     assert not done.start and "h ago (retrain_cooldown_hours 6)" in done.reason
+
+
+def _clear_drift_triggered_runs(prefect_api: str) -> None:
+    """The session's Prefect server may hold drift-triggered runs of earlier tests (the closed
+    loop, the test above): they would block or cool down the verdict."""
+    for _ in range(20):
+        earlier = drift_triggered_runs(time.time())
+        if not earlier:
+            return
+        for run in earlier:
+            httpx.delete(f"{prefect_api}/flow_runs/{run.run_id}", timeout=30).raise_for_status()
+    raise AssertionError("drift-triggered runs of earlier tests could not be cleared")
+
+
+@pytest.mark.integration
+def test_the_default_two_windows_retrain_only_when_the_one_before_drifted_too(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """monitor-flow's retrain guard task at the default retrain_consecutive_windows (2), on a
+    real prediction log and the real Prefect API: drift now after a clean window is one window,
+    not enough; drift now and in the window before is two, enough."""
+    from prefect import flow
+
+    from flows.monitor_flow import retrain_guard_task
+
+    cfg = app_config(
+        monitor={
+            "store_url": f"sqlite:///{tmp_path / 'log.db'}",
+            "window_hours": 1,
+            "min_predictions": 100,
+        }
+    )
+    assert cfg.monitor.retrain_consecutive_windows == 2  # the shipped default, not a test value
+    rng = np.random.default_rng(6)
+    reference = _reference(rng)
+    now = 10_000_000.0
+    store = PredictionStore(cfg.monitor.store_url or "")
+
+    def log_window(back: int, **shift: float) -> None:
+        start = now - (back + 1) * HOUR
+        records = [
+            replace(_record(back * 1000 + i, start + 1 + i), **row)
+            for i, row in enumerate(_window(rng, 150, **shift))
+        ]
+        store.add_predictions(records)
+
+    @flow(name="retrain-guard-check", validate_parameters=False)
+    def guard(at: float) -> RetrainVerdict:
+        return retrain_guard_task(cfg, "1", reference, at)
+
+    _clear_drift_triggered_runs(prefect_api)
+    try:
+        log_window(0, conf=0.55, mean=0.15)  # the current window: drift
+        log_window(1)  # the one before: clean
+        log_window(2, conf=0.55, mean=0.15)
+        log_window(3, conf=0.55, mean=0.15)
+        one = guard(now)
+        assert not one.start and "1 consecutive window(s), 2 needed" in one.reason, one.reason
+        # Two hours later the current window is the drifted one two back, and the one before
+        # it drifted too.
+        two = guard(now - 2 * HOUR)
+        assert two.start, two.reason
+    finally:
+        store.close()

@@ -102,13 +102,15 @@ def test_labelled_feedback_exports_as_an_idx_dataset(tmp_path: Path) -> None:
     assert len(lines) == 3 and lines[1].startswith(f"{1:032x},") and ",Shirt," in lines[1]
 
 
-def _writer(factory: Any, queue_size: int = 100) -> PredictionLogWriter:
+def _writer(
+    factory: Any, queue_size: int = 100, flush_interval_s: float = 0.02
+) -> PredictionLogWriter:
     return PredictionLogWriter(
         factory,
         url_for_logs="postgresql://monitor:s3cret-pw@db.invalid/log",
         queue_size=queue_size,
         batch_size=10,
-        flush_interval_s=0.02,
+        flush_interval_s=flush_interval_s,
         retention_s=86400.0,
         retention_max_rows=100,
         stats_interval_s=60.0,
@@ -161,23 +163,24 @@ def test_an_unreachable_store_never_blocks_and_shutdown_is_prompt(
     assert "s3cret-pw" not in logged and "monitor:***@db.invalid" in logged
 
 
-def test_a_trickle_of_answers_is_written_in_few_batches(tmp_path: Path) -> None:
+def test_answers_are_written_a_full_batch_at_a_time(tmp_path: Path) -> None:
+    """With an hour's interval the writer wakes only for a full batch (10 here) or flush():
+    20 answers are two writes, not twenty, and flush() does not wait out the hour."""
     url = f"sqlite:///{tmp_path / 'log.db'}"
-    writer = _writer(lambda: PredictionStore(url))
-    writer._flush_interval_s = 2.0  # collect for two seconds per write
+    writer = _writer(lambda: PredictionStore(url), flush_interval_s=3600.0)
     writer.start()
     writer.store()
-    for i in range(20):  # one answer every 10 ms: 0.2 s in all, well inside one interval
-        writer.put(_record(i, time.time()))
-        time.sleep(0.01)
-    wait_until(lambda: writer.stats.written == 20, timeout=60)
-    assert writer.stats.batches <= 2
-    # flush() does not wait out the interval: with an hour's interval it still returns True.
-    writer._flush_interval_s = 3600.0
-    writer.put(_record(99, time.time()))
-    assert writer.flush(timeout=60)
-    assert writer.stats.written == 21
-    writer.close()
+    try:
+        for batch in range(2):
+            for i in range(10):
+                writer.put(_record(batch * 10 + i, time.time()))
+            wait_until(lambda batch=batch: writer.stats.written == 10 * (batch + 1), timeout=60)
+        assert writer.stats.batches == 2
+        writer.put(_record(99, time.time()))
+        assert writer.flush(timeout=60)
+        assert writer.stats.written == 21 and writer.stats.batches == 3
+    finally:
+        writer.close()
 
 
 def _label_rows(store: PredictionStore) -> int:

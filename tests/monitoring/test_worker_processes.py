@@ -142,10 +142,22 @@ def logged_ids(url: str, since: float) -> list[str]:
 
 
 def check_one_service(
-    tmp_path: Path, registry: Registry, store_url: str, start: str = "cli", **env: str
+    tmp_path: Path,
+    registry: Registry,
+    store_url: str,
+    start: str = "cli",
+    *,
+    flush_on_stop: bool,
+    **env: str,
 ) -> None:
+    """120 answers of two workers started by ``start`` land in the log once each.
+    ``flush_on_stop``: the writers' interval is an hour, so nothing is written while they serve
+    and every row comes from the flush as they stop; otherwise the writers' own counts (copied
+    into /metrics) add up first."""
     registry.add_production("varied")
     started = time.time()
+    if flush_on_stop:
+        env = {**env, "MONITOR_FLUSH_INTERVAL_S": "3600"}
     server = two_workers(tmp_path, registry, start, **env)
     try:
         ids = post_images(server.url, REQUESTS)
@@ -153,10 +165,13 @@ def check_one_service(
         for _ in range(4):
             assert metric_total(server.url, "predictions_total") == REQUESTS
         assert len(worker_series(server)) == 2
-        # The log writers' own counts add up too (each worker copies them in every second).
-        wait_until(
-            lambda: metric_total(server.url, "prediction_log_records_written_total") == REQUESTS
-        )
+        if flush_on_stop:
+            assert logged_ids(store_url, started) == []  # all of it still queued
+        else:
+            # The log writers' own counts add up (each worker copies them in every second).
+            wait_until(
+                lambda: metric_total(server.url, "prediction_log_records_written_total") == REQUESTS
+            )
     finally:
         stop_server(server)  # the workers flush their log queues as they stop
     pids = answering_pids(server)
@@ -173,13 +188,15 @@ def test_two_workers_log_every_answer_once_on_sqlite(
     registry: Registry, tmp_path: Path, start: str
 ) -> None:
     url = f"sqlite:///{tmp_path / 'outputs' / 'monitoring' / 'predictions.db'}"
-    check_one_service(tmp_path, registry, url, start)
+    check_one_service(tmp_path, registry, url, start, flush_on_stop=True)
 
 
 def test_two_workers_log_every_answer_once_on_postgresql(
     registry: Registry, postgres_url: str, tmp_path: Path
 ) -> None:
-    check_one_service(tmp_path, registry, postgres_url, MONITOR_STORE_URL=postgres_url)
+    check_one_service(
+        tmp_path, registry, postgres_url, flush_on_stop=False, MONITOR_STORE_URL=postgres_url
+    )
 
 
 def test_two_workers_ride_a_promotion_with_no_failed_request(
@@ -190,6 +207,7 @@ def test_two_workers_ride_a_promotion_with_no_failed_request(
     newer = registry.add_version("bag")
     blob = encode(sample_images(1)[0])
     answers: list[tuple[float, int, str | None]] = []  # (sent at, status, version)
+    answered_by: set[tuple[str, int]] = set()  # (stamped version, class of the answer)
     stop = threading.Event()
 
     def client_loop() -> None:
@@ -197,8 +215,11 @@ def test_two_workers_ride_a_promotion_with_no_failed_request(
             while not stop.is_set():
                 sent = time.monotonic()
                 response = client.post("/predict", files={"file": ("a.png", blob, "image/png")})
-                version = response.json().get("model_version") if response.is_success else None
+                body = response.json() if response.is_success else {}
+                version = body.get("model_version")
                 answers.append((sent, response.status_code, version))
+                if version is not None:
+                    answered_by.add((version, body["class_id"]))
 
     clients = [threading.Thread(target=client_loop) for _ in range(4)]
     try:
@@ -218,6 +239,8 @@ def test_two_workers_ride_a_promotion_with_no_failed_request(
     assert {status for _, status, _ in answers} == {200}
     assert {version for _, _, version in answers} == {old, newer}
     assert {version for sent, _, version in answers if sent > everyone_swapped} == {newer}
+    # The stamp is the model that answered: tshirt always says class 0, bag class 8.
+    assert answered_by == {(old, 0), (newer, 8)}
 
 
 def test_gunicorn_preload_is_refused_in_one_line(registry: Registry, tmp_path: Path) -> None:

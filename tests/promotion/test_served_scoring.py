@@ -89,6 +89,18 @@ def _plant_payload(client: Any, version: Any, marker: Path) -> None:
             rewritten.writestr(name, data)
 
 
+def _assert_planted_payload_runs(client: Any, version: Any, marker: Path) -> None:
+    """The positive control: the member planted in the version's archive does run code when
+    unpickled, so the marker's absence above means nothing unpickled it."""
+    folder = Path(client.get_model_version_download_uri(NAME, version.version)[len("file://") :])
+    with zipfile.ZipFile(folder / "data" / "model.pt2") as archive:
+        [member] = [n for n in archive.namelist() if n.endswith("sample_inputs/model.pt")]
+        planted = archive.read(member)
+    assert not marker.exists()
+    pickle.loads(planted)  # the test's own payload, here on purpose
+    assert marker.read_text() == "payload ran"
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_scores_from_the_onnx_file_give_the_pt2_archives_predictions(
     tiny_store: TinyStore, tmp_path: Path, seed: int
@@ -116,6 +128,7 @@ def test_a_payload_in_productions_pt2_never_runs_when_the_gate_re_scores_it(
     predictions, source = champion_predictions(client, champion, prepared, 50)
     assert source == "re-scored on this run's test split" and len(predictions) == 50
     assert not marker.exists(), "the gate unpickled Production's pt2 archive"
+    _assert_planted_payload_runs(client, champion, marker)
 
 
 def test_a_production_without_an_onnx_file_is_not_re_scored_from_its_pt2(
@@ -143,3 +156,4 @@ def test_a_payload_in_the_candidates_pt2_never_runs_in_evaluation_or_profiling(
     profile = attachments.validation_profile(cfg, client, candidate.run_id, dataset)
     assert len(predictions) == 60 and profile.n == 60
     assert not marker.exists(), "a train-flow step unpickled the candidate's pt2 archive"
+    _assert_planted_payload_runs(client, candidate, marker)

@@ -20,6 +20,7 @@ import pytest
 
 from deployments import stack as stack_module
 from deployments.stack import Stack
+from src.config import load_config
 from tests.helpers.api import ModelSources, Registry, encode, sample_images, wait_until
 from tests.helpers.edge import broken_version
 
@@ -43,6 +44,7 @@ REPLICA_ENV = {
 }
 SLACK_S = 2.0  # a closed connection is seen this long after its timeout at most
 PNG = encode(sample_images(1)[0])
+IMAGE_BODY_LIMIT = load_config(environ={}).serve.max_image_request_bytes
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +146,8 @@ def test_oversized_headers_and_bodies_are_refused_by_the_proxy(edge: Stack) -> N
         header = client.get(f"{edge.proxy_url}/health", headers={"X-Big": "a" * 20000})
         image = client.post(
             f"{edge.proxy_url}/predict",
-            files={"file": ("big.png", b"\0" * (6 * 1024 * 1024), "image/png")},
+            # Just over /predict's own limit, far under the batch endpoint's.
+            files={"file": ("big.png", b"\0" * (IMAGE_BODY_LIMIT + 1024), "image/png")},
             headers={"X-Request-ID": mine},
         )
     assert header.status_code == 431, header.text[:300]
@@ -161,10 +164,13 @@ def test_oversized_headers_and_bodies_are_refused_by_the_proxy(edge: Stack) -> N
         )
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
-    # Neither reached a replica.
+    # Neither reached a replica: each replica (one process) logs a later request of its own, so
+    # a line of the refused ones would be in its log by then.
+    markers = [f"edge-after-{uuid.uuid4().hex}" for _ in edge.api_urls]
     with httpx.Client(timeout=30) as client:
-        predict(client, edge.proxy_url)
-    time.sleep(0.5)  # the replicas' log lines of the requests above are written by now
+        for url, marker in zip(edge.api_urls, markers, strict=True):
+            assert predict(client, url, **{"X-Request-ID": marker}).status_code == 200
+    wait_until(lambda: set(markers) <= logged_request_ids(edge), 60, 0.1)
     assert mine not in logged_request_ids(edge)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from src.config import AppConfig
 from tests.helpers.training import (
+    committed_git_repo,
     read_idx_prefix,
     tiny_config,
     tiny_prepared,
@@ -36,5 +37,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: Path) -> tuple[
     from src.training.train import train_model
 
     root = tmp_path_factory.mktemp("project")
+    committed_git_repo(root)  # the run's git_commit tag names its commit
     cfg = tiny_config(root, ema_decay=0.9)  # also exercises the EMA callback path
     return train_model(tiny_prepared(tiny_npz), cfg), cfg

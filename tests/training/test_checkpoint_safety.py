@@ -29,6 +29,7 @@ def _planted(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_resume_from_a_planted_checkpoint_never_runs_it(tmp_path: Path, tiny_npz: Path) -> None:
     planted = _planted(tmp_path)
     cfg = tiny_config(tmp_path / "project", resume_from=str(planted), max_epochs=1)

@@ -25,6 +25,7 @@ class _Oracle(torch.nn.Module):
         return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.int64), 10).float()
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_evaluate_classifier_scores(tiny_npz: Path) -> None:
     classifier = LoadedClassifier(module=_Oracle(), class_names=list(CLASS_NAMES))
     result = evaluate_classifier(classifier, tiny_npz, "val")
@@ -38,6 +39,7 @@ def test_evaluate_classifier_scores(tiny_npz: Path) -> None:
     assert metric_key("T-shirt/top") == "t_shirt_top"
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_cli_run_id_prints_and_logs(
     tiny_run: tuple[TrainResult, AppConfig], tiny_npz: Path, capsys: Any, monkeypatch: Any
 ) -> None:
@@ -51,6 +53,7 @@ def test_cli_run_id_prints_and_logs(
     assert logged["eval_test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_cli_checkpoint(
     tiny_run: tuple[TrainResult, AppConfig], tiny_npz: Path, capsys: Any
 ) -> None:

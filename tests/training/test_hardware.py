@@ -3,6 +3,8 @@ real probe on this CPU (never in a precision the CPU lacks), and the budget warn
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,6 +60,18 @@ def test_batch_doubles_only_while_it_pays() -> None:
     assert grow_batch(capped, gpu_like.__getitem__, train_size=60_000) == 256
 
 
+def cpu_low_precision_from_flags() -> str | None:
+    """What this CPU runs natively, read from the kernel's CPU flags (not from the code under
+    test): bf16 with AVX-512 BF16 or AMX tiles, else none (also where there is no /proc)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
+    return BF16 if flags & {"avx512_bf16", "amx_tile"} else None
+
+
+def test_the_cpu_s_native_low_precision_is_what_its_flags_say() -> None:
+    assert hardware.native_low_precision("cpu") == cpu_low_precision_from_flags()
+
+
 def test_probe_times_real_steps_on_this_cpu() -> None:
     model = build_model(train_config(widths=(8, 16), blocks_per_stage=1))
     rate = time_training_steps(model, FP32, batch_size=8, steps=2, device=torch.device("cpu"))
@@ -73,9 +87,11 @@ def test_auto_never_times_a_precision_the_cpu_lacks(monkeypatch: pytest.MonkeyPa
         return real(model, precision, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(hardware, "time_training_steps", recording)
-    cfg = train_config(widths=(8, 16), blocks_per_stage=1, batch_size=8, precision="auto")
+    cfg = train_config(
+        widths=(8, 16), blocks_per_stage=1, batch_size=8, precision="auto", accelerator="cpu"
+    )
     plan = plan_hardware(cfg, lambda: build_model(cfg), train_size=64)
-    low = hardware.native_low_precision("cpu")
+    low = cpu_low_precision_from_flags()
     assert set(timed) == ({FP32} | ({low} if low else set()))
     assert plan.precision in (FP32, low)
     assert plan.params()["chosen_precision"] == plan.precision
@@ -117,13 +133,15 @@ def test_budget_warning_names_the_speed_and_the_fix() -> None:
     assert budget_warning(slow, reproducible, train_size=42_000) is None
 
 
-def test_gpu_asked_for_without_one_says_what_to_do() -> None:
-    if torch.cuda.is_available():
-        assert resolve_accelerator("gpu") == "gpu"
-        return
-    assert resolve_accelerator("auto") == "cpu"
+def test_gpu_asked_for_without_one_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both branches on any host: torch's answer to "is there a GPU" is the test's.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_accelerator("auto") == "cpu" and resolve_accelerator("cpu") == "cpu"
     with pytest.raises(RuntimeError, match="TRAIN_ACCELERATOR=auto"):
         resolve_accelerator("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_accelerator("auto") == "gpu" and resolve_accelerator("gpu") == "gpu"
+    assert resolve_accelerator("cpu") == "cpu"
 
 
 def test_several_cpu_processes_spawn() -> None:

@@ -23,6 +23,7 @@ def _run_data(result: TrainResult, cfg: AppConfig) -> Any:
     return MlflowClient(tracking_uri=cfg.tracking_uri).get_run(result.run_id).data
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_reproducible_mode_repeats_epochs_and_metrics(
     tiny_run: tuple[TrainResult, AppConfig], tiny_npz: Path, tmp_path: Path
 ) -> None:
@@ -40,6 +41,7 @@ def test_reproducible_mode_repeats_epochs_and_metrics(
     assert data.tags["stop_reason"] == "max_epochs 2 reached"
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_every_run_records_the_machine_and_the_epochs(
     tiny_run: tuple[TrainResult, AppConfig],
 ) -> None:
@@ -69,6 +71,7 @@ def test_every_run_records_the_machine_and_the_epochs(
     assert "(issue" not in data.tags.get("mlflow.note.content", "")
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 @pytest.mark.parametrize("budget_minutes", [1e-4])
 def test_time_fitted_mode_fits_the_epochs_to_the_budget(
     tiny_npz: Path, tmp_path: Path, budget_minutes: float

@@ -38,6 +38,7 @@ def _saved_state(checkpoint: Path) -> dict[str, Any]:
     return {**state["fashion_state"], **state["callbacks"]["TrainingBudget"]}
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_resume_from_a_finished_runs_checkpoint_restores_it_all(
     tiny_run: tuple[TrainResult, AppConfig], tiny_npz: Path, tmp_path: Path
 ) -> None:
@@ -65,6 +66,7 @@ def test_resume_from_a_finished_runs_checkpoint_restores_it_all(
     assert data.tags["stop_reason"] == "max_epochs 2 reached"
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_resume_last_goes_on_where_a_time_fitted_run_stopped(
     tiny_npz: Path, tmp_path: Path
 ) -> None:
@@ -100,6 +102,7 @@ def test_resume_last_goes_on_where_a_time_fitted_run_stopped(
     assert total_s - session_s >= 0.5 * saved["elapsed_s"], (total_s, session_s, saved)
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_resume_last_without_a_checkpoint_says_what_to_do(tiny_npz: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, resume_from="last")
     with pytest.raises(FileNotFoundError, match=r"no last\.ckpt under .*unset TRAIN_RESUME_FROM"):

@@ -1,5 +1,5 @@
 """Train/serve parity through the code each side runs: the training datamodule's test batch and
-what the API's classify path hands the served model, for the same images sent as PNG files."""
+what the API hands the served model, for the same images sent as PNG files."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from src.training.data import FashionDataModule
+from tests.helpers.api import ModelSources
 from tests.helpers.serving import served_inputs
 
 
@@ -20,7 +22,10 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_the_served_input_is_the_training_batch(tiny_npz: Path, tmp_path: Path) -> None:
+@pytest.mark.integration  # real data: shared_data_dir
+def test_the_served_input_is_the_training_batch(
+    tiny_npz: Path, tmp_path: Path, model_sources: ModelSources
+) -> None:
     with np.load(tiny_npz) as data:
         images, labels = data["x_test"][:8], data["y_test"][:8]
     path = tmp_path / "eight.npz"
@@ -36,5 +41,5 @@ def test_the_served_input_is_the_training_batch(tiny_npz: Path, tmp_path: Path) 
     datamodule.setup()
     batch, batch_labels = next(iter(datamodule.test_dataloader()))
     assert torch.equal(batch_labels, torch.as_tensor(labels))
-    served = served_inputs([_png(image) for image in images])
+    served = served_inputs(model_sources, [_png(image) for image in images])
     torch.testing.assert_close(torch.from_numpy(served), batch.float(), rtol=0, atol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ def run(tiny_run: tuple[TrainResult, AppConfig]) -> tuple[TrainResult, AppConfig
     return result, cfg, mlflow.MlflowClient()
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_loss_falls(run: tuple[TrainResult, AppConfig, Any]) -> None:
     result, _, client = run
     history = client.get_metric_history(result.run_id, "train_loss_epoch")
@@ -32,6 +34,7 @@ def test_loss_falls(run: tuple[TrainResult, AppConfig, Any]) -> None:
     assert losses[1] < losses[0]
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_metrics_params_tags_reach_mlflow(run: tuple[TrainResult, AppConfig, Any]) -> None:
     result, cfg, client = run
     data = client.get_run(result.run_id).data
@@ -49,9 +52,17 @@ def test_metrics_params_tags_reach_mlflow(run: tuple[TrainResult, AppConfig, Any
     assert data.params["n_train"] == "512"
     assert data.tags["data_md5"] == "tiny-md5"
     assert data.tags["split_hash"] == "tiny-split"
-    assert data.tags["git_commit"]
+    head = subprocess.run(
+        ["git", "-C", str(cfg.paths.root), "rev-parse", "HEAD"],
+        check=True,
+        timeout=30,
+        capture_output=True,
+        text=True,
+    )
+    assert data.tags["git_commit"] == head.stdout.strip()  # the run's files are untracked
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_artifacts_reach_mlflow(run: tuple[TrainResult, AppConfig, Any]) -> None:
     result, _, client = run
     names = {a.path for a in client.list_artifacts(result.run_id, "figures")}
@@ -67,6 +78,7 @@ def test_artifacts_reach_mlflow(run: tuple[TrainResult, AppConfig, Any]) -> None
     assert batch_dim.dim_param, "ONNX batch dimension must be dynamic"
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_test_predictions_file(run: tuple[TrainResult, AppConfig, Any], tiny_npz: Path) -> None:
     result, _, _ = run
     predictions = np.load(result.test_predictions_path)
@@ -76,6 +88,7 @@ def test_test_predictions_file(run: tuple[TrainResult, AppConfig, Any], tiny_npz
     assert float((predictions == labels).mean()) == pytest.approx(result.metrics["test_accuracy"])
 
 
+@pytest.mark.integration  # real data: shared_data_dir
 def test_logged_model_loads_and_predicts_any_batch(
     run: tuple[TrainResult, AppConfig, Any], tiny_npz: Path
 ) -> None:
