@@ -18,7 +18,6 @@ import onnx
 import pytest
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
 
 from src import registry
 from src.labels import CLASS_NAMES
@@ -118,7 +117,9 @@ def test_the_version_holds_no_pickle(logged: Logged) -> None:
         assert data[:1] != PICKLE_PROTOCOL_2_PLUS, f"{path.name} is a pickle"
         assert not zipfile.is_zipfile(io.BytesIO(data)), f"{path.name} is an archive"
         assert path.suffix in (".onnx", ".json", ".yaml", ".txt", ""), path.name
-    onnx.checker.check_model(onnx.load_model_from_string((logged.folder / "model.onnx").read_bytes()))
+    onnx.checker.check_model(
+        onnx.load_model_from_string((logged.folder / "model.onnx").read_bytes())
+    )
 
 
 def test_the_api_serves_the_registered_file_byte_for_byte(logged: Logged, tmp_path: Path) -> None:
