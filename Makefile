@@ -16,7 +16,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= true
 
-.PHONY: help install install-train install-serve lock lock-check train data evaluate serve test lint typecheck docs unit browser-deps postgres-deps edge-deps benchmarks soak mlflow-ui prefect-server stack stack-down clean
+.PHONY: help install install-train install-serve lock lock-check train data evaluate serve test lint typecheck docs unit browser-deps postgres-deps edge-deps docker-deps image-serve image-train benchmarks soak mlflow-ui prefect-server stack stack-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
@@ -45,9 +45,15 @@ $(TOOLS)/.ready: requirements/uv.txt
 SYNC_serve := --inexact
 SYNC_train := --inexact --extra train
 SYNC_dev := --all-extras
+# .synced marks a sync that finished. Without it (the first install, or one cut off by a network
+# drop or Ctrl-C) every package is laid down afresh: a package cut off half-way may already have
+# its metadata, and uv sync trusts metadata. (make expands $(wildcard) before the rm runs.) uv gets
+# the interpreter's real path: a launcher's (pyenv's shim) would make it rebuild .venv every time.
 $(VENV)/.installed-%: uv.lock pyproject.toml setup.py $(TOOLS)/.ready
-	$(UV) sync --locked --python $(PYTHON) $(SYNC_$*)
-	@touch $@
+	@rm -f $(VENV)/.synced
+	$(UV) sync --locked --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')" \
+		$(SYNC_$*) $(if $(wildcard $(VENV)/.synced),,--reinstall)
+	@touch $(VENV)/.synced $@
 
 install: $(VENV)/.installed-dev ## create .venv and install every role from uv.lock: train, services, test, docs
 
@@ -103,7 +109,7 @@ unit: install ## the fast tests only (no real servers, no real data, no fresh in
 
 # The type check (a minute of one core on a clean clone) runs beside pytest, which spends much of
 # its time waiting for the servers it starts; its report follows the tests' and either fails the run.
-test: lock-check install lint docs browser-deps postgres-deps edge-deps ## what CI runs: lint, types, docs, all tests
+test: lock-check install lint docs browser-deps postgres-deps edge-deps docker-deps ## what CI runs: lint, types, docs, all tests
 	@report=$$(mktemp); $(BIN)/mypy src flows benchmarks deployments > $$report 2>&1 & types=$$!; \
 	$(BIN)/pytest; tests=$$?; wait $$types; typed=$$?; \
 	echo "$(BIN)/mypy src flows benchmarks deployments"; cat $$report; rm -f $$report; \
@@ -129,6 +135,21 @@ edge-deps: ## install Debian's nginx, prometheus (promtool) and wrk, if missing
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			nginx prometheus wrk >/dev/null; status=$$?; \
 		test -z "$$created" || rm -f /usr/sbin/policy-rc.d; exit $$status)
+
+# Container images (deployments/docker/, built by deployments/images.py from uv.lock; wheels are
+# downloaded here, so the build reaches no index). BASE=... replaces the FROM python:3.11-slim.
+image-serve: install ## build the serving image clothing-classifier-serve:<version> (BASE=python:3.11-slim)
+	$(PY) -m deployments.images build serve $(if $(BASE),--base $(BASE))
+
+image-train: install ## build the training/worker image for a Prefect Docker work pool (about 7 GB)
+	$(PY) -m deployments.images build train $(if $(BASE),--base $(BASE))
+
+# Debian's Docker and debootstrap for the image tests (which make their base image with
+# debootstrap); the daemon itself is started by the machine's init, or by hand: dockerd &
+docker-deps: ## install Debian's docker.io and debootstrap for the image tests, if missing
+	@command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || ( \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			docker.io debootstrap >/dev/null)
 
 benchmarks: install ## run every benchmark (minutes; on a quiet machine)
 	$(PY) -m benchmarks.run_all

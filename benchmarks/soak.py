@@ -9,13 +9,17 @@ nginx in front of them and Prometheus. Then:
 2. the soak: three ``wrk`` processes at about half that capacity, 70 % single images, 20 %
    batches, 10 % bad or hostile requests (no image, no form, a header over the proxy's cap,
    ``/metrics``, a path escape), in segments of ``--segment-s``; a promotion every
-   ``--promote-every-min`` minutes and one registry outage (the MLflow server stopped for
-   ``--outage-s`` and started again) half-way;
+   ``--promote-every-min`` minutes (as often as every segment) and one registry outage (the
+   MLflow server stopped for ``--outage-s`` and started again) half-way;
 3. the checks: no 5xx and no socket error, every answered prediction logged (written + dropped =
-   answered, dropped 0), RSS growth of each replica after the warm-up ``<= 50 MiB``, p50/p99 per
-   segment (each segment labelled with what happened in it), the machine named.
+   answered, dropped 0), RSS growth of each replica after the warm-up ``<= 50 MiB`` and no upward
+   trend (the mean RSS of the last third of the segments after the warm-up within 5 MiB of the
+   middle third's), p50/p99 per segment (each segment labelled with what happened in it), the
+   machine named. Each segment records each replica's RSS at its end and its peak (sampled every
+   ``RSS_SAMPLE_S``: a promotion's transient, two models loaded at once).
 
     python -m benchmarks.soak                   # the default length, on a quiet machine
+    python -m benchmarks.soak --promote-every-min 2   # the default length, a swap every 2nd segment
     python -m benchmarks.soak --minutes 2       # the short form: proves it works, measures little
 
 Results: a markdown report on stdout and JSON in ``outputs/benchmarks/soak.json``; exit 1 when a
@@ -33,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -51,6 +56,8 @@ BATCH_IMAGES = 4
 MIX = {"single": 0.7, "batch": 0.2, "bad": 0.1}  # shares of the requests
 CONNECTIONS = {"single": 4, "batch": 2, "bad": 1}
 RSS_LIMIT_MIB = 50.0
+RSS_TREND_LIMIT_MIB = 5.0  # last third's mean RSS over the middle third's
+RSS_SAMPLE_S = 0.25
 MODEL_NAME = "soak-model"
 
 
@@ -249,7 +256,8 @@ class Segment:
     phase: str
     event: str
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    rss_mib: list[float] = field(default_factory=list)
+    rss_mib: list[float] = field(default_factory=list)  # each replica's, at the segment's end
+    peak_rss_mib: list[float] = field(default_factory=list)  # each replica's highest sample
     event_s: float | None = None
 
 
@@ -264,10 +272,9 @@ class Plan:
     def event(self, index: int) -> str:
         if index == self.outage_segment:
             return "registry restart"
-        if (
-            index >= self.warmup_segments
-            and (index - self.warmup_segments) % self.promote_every == 1
-        ):
+        # The second segment of every ``promote_every`` after the warm-up (every one when 1).
+        soak_index = index - self.warmup_segments
+        if soak_index >= 0 and soak_index % self.promote_every == min(1, self.promote_every - 1):
             return "promotion"
         return ""
 
@@ -277,11 +284,48 @@ def make_plan(args: argparse.Namespace) -> Plan:
     segment_s = args.segment_s or min(60.0, max(10.0, total_s / 6))
     segments = max(4, round(total_s / segment_s))
     warmup = max(1, round(args.warmup_min * 60 / segment_s)) if args.minutes > 5 else 1
-    promote_every = max(2, round(args.promote_every_min * 60 / segment_s))
+    promote_every = max(1, round(args.promote_every_min * 60 / segment_s))
     return Plan(segments, segment_s, warmup, promote_every, (segments + warmup) // 2)
 
 
+class PeakRss:
+    """Each of ``pids``' highest RSS, sampled every ``RSS_SAMPLE_S`` while the block runs."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peaks = [0.0] * len(pids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.peaks = [
+                max(p, rss_mib(pid)) for p, pid in zip(self.peaks, self.pids, strict=True)
+            ]
+            if self._stop.wait(RSS_SAMPLE_S):
+                return
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def replica_pids(ctx: SoakContext) -> list[int]:
+    return [ctx.stack.pids[f"api-{i + 1}"] for i in range(len(ctx.stack.api_ports))]
+
+
 def run_segment(segment: Segment, plan: Plan, ctx: SoakContext, delays: dict[str, float]) -> None:
+    with PeakRss(replica_pids(ctx)) as peaks:
+        run_traffic(segment, plan, ctx, delays)
+    segment.rss_mib = [rss_mib(pid) for pid in replica_pids(ctx)]
+    segment.peak_rss_mib = peaks.peaks
+
+
+def run_traffic(segment: Segment, plan: Plan, ctx: SoakContext, delays: dict[str, float]) -> None:
     processes = {
         cls: wrk(ctx.bodies, ctx.stack.proxy_url, cls, plan.segment_s, delays[cls]) for cls in MIX
     }
@@ -296,9 +340,6 @@ def run_segment(segment: Segment, plan: Plan, ctx: SoakContext, delays: dict[str
             time.sleep(ctx.outage_s)
             ctx.registry.start()
     segment.results = {cls: wrk_result(process) for cls, process in processes.items()}
-    segment.rss_mib = [
-        rss_mib(ctx.stack.pids[f"api-{i + 1}"]) for i in range(len(ctx.stack.api_ports))
-    ]
 
 
 @dataclass
@@ -346,7 +387,25 @@ def checks(report: dict[str, Any]) -> list[str]:
     worst = max(report["rss_growth_after_warmup_mib"])
     if worst > RSS_LIMIT_MIB:
         failed.append(f"RSS grew {worst:.1f} MiB after the warm-up (limit {RSS_LIMIT_MIB})")
+    trend = [t for t in report["rss_trend_mib"] if t is not None]
+    if trend and max(trend) > RSS_TREND_LIMIT_MIB:
+        failed.append(
+            f"RSS trends upward: the last third's mean is {max(trend):.1f} MiB over the middle "
+            f"third's (limit {RSS_TREND_LIMIT_MIB}): something stays after a swap; find what with "
+            "python -m benchmarks.bench_swap_memory"
+        )
     return failed
+
+
+def rss_trend(rss: list[float]) -> float | None:
+    """Mean of the last third of ``rss`` minus the mean of the middle third (``None`` when there
+    are too few segments to have thirds)."""
+    third = len(rss) // 3
+    if third == 0:
+        return None
+    middle = rss[len(rss) - 2 * third : len(rss) - third]
+    last = rss[len(rss) - third :]
+    return sum(last) / third - sum(middle) / third
 
 
 def summary(report: dict[str, Any]) -> list[str]:
@@ -356,7 +415,7 @@ def summary(report: dict[str, Any]) -> list[str]:
         f"Capacity (single images, 8 connections): {report['capacity_rps']:.0f} req/s; "
         f"soak load {report['load']:.0%} of it. Versions promoted: {report['promoted']}.",
         "",
-        "| segment | phase | event | single p50/p99 ms | batch p50/p99 ms | req/s (single, batch, bad) | 5xx | RSS MiB (replicas) |",
+        "| segment | phase | event | single p50/p99 ms | batch p50/p99 ms | req/s (single, batch, bad) | 5xx | RSS MiB at the end (peak), replicas |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for seg in report["segments"]:
@@ -367,7 +426,11 @@ def summary(report: dict[str, Any]) -> list[str]:
             f"| {seg['index']} | {seg['phase']} | {seg['event'] or '-'} | "
             f"{r['single']['p50_ms']:.1f} / {r['single']['p99_ms']:.1f} | "
             f"{r['batch']['p50_ms']:.1f} / {r['batch']['p99_ms']:.1f} | {rates} | {fivexx} | "
-            f"{' / '.join(f'{m:.0f}' for m in seg['rss_mib'])} |"
+            + " / ".join(
+                f"{m:.0f} ({p:.0f})"
+                for m, p in zip(seg["rss_mib"], seg["peak_rss_mib"], strict=True)
+            )
+            + " |"
         )
     log = report["prediction_log"]
     lines += [
@@ -378,7 +441,9 @@ def summary(report: dict[str, Any]) -> list[str]:
         f"{log['dropped']:.0f} dropped.",
         "RSS growth after the warm-up per replica: "
         + ", ".join(f"{g:.1f} MiB" for g in report["rss_growth_after_warmup_mib"])
-        + f" (limit {RSS_LIMIT_MIB:.0f}).",
+        + f" (limit {RSS_LIMIT_MIB:.0f}); last third's mean over the middle third's: "
+        + ", ".join("-" if t is None else f"{t:+.1f} MiB" for t in report["rss_trend_mib"])
+        + f" (limit {RSS_TREND_LIMIT_MIB:.0f}).",
         "Checks: " + ("all passed" if not report["failed"] else "; ".join(report["failed"])),
     ]
     return lines
@@ -443,6 +508,10 @@ def run_plan(args: argparse.Namespace, plan: Plan, ctx: SoakContext) -> dict[str
             "dropped": after["dropped"] - before["dropped"],
         },
         "rss_growth_after_warmup_mib": growth,
+        "rss_trend_mib": [
+            rss_trend([seg.rss_mib[i] for seg in segments[plan.warmup_segments :]])
+            for i in range(len(warm))
+        ],
     }
     report["failed"] = checks(report)
     return report

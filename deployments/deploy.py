@@ -6,9 +6,13 @@
     python deployments/deploy.py --profile smoke # train-flow's default parameters
     python deployments/deploy.py --serve         # no work pool or worker: serve train-flow from here
 
-The deployments are defined once, in :mod:`deployments.definitions` (``deployments/prefect.yaml``
-is rendered from it, without schedules); the schedules are written once, in ``configs/flow.yaml``
-(``flow.schedule_cron``) and ``configs/monitor.yaml`` (``monitor.schedule_cron``). Needs a Prefect API (``prefect server start`` and
+The deployments are defined once, in :mod:`deployments.definitions`; ``deployments/prefect.yaml``
+is rendered from it, schedules included, so ``prefect deploy --prefect-file deployments/prefect.yaml
+--all`` registers the same deployments. The schedules are written once, in ``configs/flow.yaml``
+(``flow.schedule_cron``, ``flow.schedule_timezone``) and ``configs/monitor.yaml``
+(``monitor.schedule_cron``). This command refuses to run while prefect.yaml is not rendered from
+the current configs/, and says so when the environment or ``--profile`` makes it register other
+values than the file. Needs a Prefect API (``prefect server start`` and
 ``PREFECT_API_URL=http://127.0.0.1:4200/api``).
 """
 
@@ -22,11 +26,18 @@ from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
-from prefect.schedules import Cron, Schedule
+from prefect.schedules import Schedule
 
-from deployments.definitions import Deployment, deployments
+from deployments.definitions import (
+    PREFECT_YAML,
+    Deployment,
+    deployments,
+    prefect_yaml_entry,
+    stale_prefect_yaml,
+)
 from flows.train_flow import train_flow
 from src.config import AppConfig, load_config
+from src.errors import Refused
 from src.package import CODE_ROOT
 
 
@@ -40,10 +51,24 @@ def ensure_process_pool(name: str) -> None:
             print(f"Created work pool {name!r} (type process).")
 
 
-def schedules(deployment: Deployment, cfg: AppConfig) -> list[Schedule]:
-    if deployment.schedule_cron is None:
-        return []
-    return [Cron(deployment.schedule_cron, timezone=cfg.flow.schedule_timezone)]
+def schedules(deployment: Deployment) -> list[Schedule]:
+    """The schedules prefect.yaml writes for ``deployment``, as Prefect objects."""
+    return [Schedule(**spec) for spec in deployment.schedule_specs()]
+
+
+def overridden(registered: list[Deployment], cfg: AppConfig) -> list[str]:
+    """The deployments this command registers other than prefect.yaml does: those the
+    environment (FLOW_*, MONITOR_*) or ``--profile`` changed."""
+    shipped = load_config(environ={})
+    in_file = {
+        (d.flow, d.name): prefect_yaml_entry(d, shipped.flow.work_pool)
+        for d in deployments(shipped)
+    }
+    return [
+        f"{d.flow}/{d.name}"
+        for d in registered
+        if in_file.get((d.flow, d.name)) != prefect_yaml_entry(d, cfg.flow.work_pool)
+    ]
 
 
 def register(deployment: Deployment, cfg: AppConfig) -> Any:
@@ -53,7 +78,7 @@ def register(deployment: Deployment, cfg: AppConfig) -> Any:
     return from_checkout.deploy(
         name=deployment.name,
         work_pool_name=cfg.flow.work_pool,
-        schedules=schedules(deployment, cfg),
+        schedules=schedules(deployment),
         parameters=deployment.parameters,
         description=deployment.description,
         tags=deployment.tags,
@@ -67,18 +92,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="default profile for the deployment's runs")
     parser.add_argument("--serve", action="store_true", help="serve instead of using a work pool")
     args = parser.parse_args(argv)
+    if stale := stale_prefect_yaml():
+        raise Refused(stale)
     cfg = load_config()
     train, monitor, _rollback = all_deployments = deployments(cfg, profile=args.profile)
     if args.serve:
         train_flow.serve(
             name=train.name,
-            schedules=schedules(train, cfg),
+            schedules=schedules(train),
             parameters=train.parameters,
             global_limit=train.concurrency_limit,
         )
         return 0
     ensure_process_pool(cfg.flow.work_pool)
     ids = {d.flow: register(d, cfg) for d in all_deployments}
+    if changed := overridden(all_deployments, cfg):
+        print(
+            f"Note: FLOW_*/MONITOR_* or --profile changed {', '.join(changed)}: registered "
+            f"with those values; deployments/{PREFECT_YAML.name} keeps the configs/ values."
+        )
     print(
         f"Deployment train-flow/{train.name} ({ids['train-flow']}): cron '{train.schedule_cron}' "
         f"{cfg.flow.schedule_timezone}, work pool {cfg.flow.work_pool!r}.\n"
@@ -92,4 +124,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.cli import call
+
+    sys.exit(call("deploy", main))

@@ -8,10 +8,13 @@ any Python 3 (an unsupported one is what it is for), so it reads the file with r
 expressions, not ``tomllib`` (3.11+), and uses nothing newer than Python 3.6.
 """
 
+# typing's Tuple/Optional, not tuple[...]/X | None: those need Python 3.9/3.10 at run time.
+# ruff: noqa: UP006, UP035, UP045
 import platform
 import re
 import sys
 from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 PLATFORM_NAMES = {
@@ -21,21 +24,30 @@ PLATFORM_NAMES = {
 }
 
 
-def python_bounds(text):
+def _first_group(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        raise ValueError("pyproject.toml: cannot find " + pattern)
+    return match.group(1)
+
+
+def python_bounds(text: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """``requires-python = ">=3.11,<3.14"`` as ((3, 11), (3, 14))."""
-    spec = re.search(r'(?m)^requires-python\s*=\s*"([^"]+)"', text).group(1)
-    low = re.search(r">=\s*([\d.]+)", spec).group(1)
-    high = re.search(r"<\s*([\d.]+)", spec).group(1)
+    spec = _first_group(r'(?m)^requires-python\s*=\s*"([^"]+)"', text)
+    low = _first_group(r">=\s*([\d.]+)", spec)
+    high = _first_group(r"<\s*([\d.]+)", spec)
     return tuple(map(int, low.split("."))), tuple(map(int, high.split(".")))
 
 
-def platforms(text):
+def platforms(text: str) -> List[Tuple[str, str]]:
     """(sys_platform, platform_machine) of each marker in ``[tool.uv] environments``."""
-    block = re.search(r"(?ms)^environments\s*=\s*\[(.*?)\]", text).group(1)
+    block = _first_group(r"(?ms)^environments\s*=\s*\[(.*?)\]", text)
     return re.findall(r"sys_platform == '([^']+)' and platform_machine == '([^']+)'", block)
 
 
-def unsupported(text, implementation, version, system, machine):
+def unsupported(
+    text: str, implementation: str, version: Sequence[int], system: str, machine: str
+) -> Optional[str]:
     """One line saying what is supported when this interpreter or platform is not; else None."""
     low, high = python_bounds(text)
     allowed = platforms(text)
@@ -51,11 +63,11 @@ def unsupported(text, implementation, version, system, machine):
     return None
 
 
-def main():
+def main() -> int:
     machine = {"amd64": "x86_64"}.get(platform.machine().lower(), platform.machine())
     system = "linux" if sys.platform.startswith("linux") else sys.platform
     reason = unsupported(
-        PYPROJECT.read_text(), sys.implementation.name, sys.version_info, system, machine
+        PYPROJECT.read_text(), sys.implementation.name, tuple(sys.version_info[:3]), system, machine
     )
     if reason:
         sys.stderr.write(f"install: {reason}\n")

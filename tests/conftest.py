@@ -104,6 +104,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     env = {
         **os.environ,
         **QUIET_ENV,
+        "PREFECT_SERVER_UI_ENABLED": "true",  # tests/deployments/test_prefect_deploy.py opens it
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url,
         "PREFECT_LOGGING_LEVEL": "INFO",

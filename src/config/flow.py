@@ -16,6 +16,8 @@ class FlowConfig(BaseModel):
     schedule_cron: str
     schedule_timezone: str
     work_pool: str
+    # The Docker work pool of deployments/prefect-docker.yaml (flow runs in the training image).
+    docker_work_pool: str
     # Runs of the train-flow deployment at once (Prefect deployment concurrency_limit); the
     # promotion itself is serialised regardless, by a global concurrency limit and a file lock.
     concurrency_limit: int = Field(ge=1)

@@ -28,6 +28,7 @@ from src.serving.errors import install_error_handlers
 from src.serving.inference import ImageLimits
 from src.serving.limits import InflightBudget, RequestLimitsMiddleware, TransportLimits
 from src.serving.model_store import LoadedModel, ModelStore
+from src.serving.native_memory import pin_mmap_threshold
 from src.serving.observability import (
     LOGGER_NAME,
     ObservabilityMiddleware,
@@ -44,6 +45,7 @@ from src.serving.routers import (
     predictions,
     web,
 )
+from src.serving.schemas import TRANSPORT_RESPONSES
 from src.serving.workers import worker_cores
 
 # Every resource's router, in the order the OpenAPI schema lists them.
@@ -234,6 +236,8 @@ async def serve_from_registry(ctx: ServingContext, *, private_workdir: bool) -> 
     serve = ctx.cfg.serve
     configure_logging(serve.json_logs, serve.log_level)
     workdir = private_working_folder() if private_workdir else contextlib.nullcontext()
+    # Before the first model loads: what a swap frees goes back to the system, not the heaps.
+    heap_pinned = pin_mmap_threshold()
     with workdir:
         ctx.logger.info(
             "starting",
@@ -246,8 +250,10 @@ async def serve_from_registry(ctx: ServingContext, *, private_workdir: bool) -> 
                     "inference_threads": serve.inference_threads,
                     "slots": ctx.single_slots.total_tokens,
                     "workers": serve.workers or 1,
+                    "inflight_bytes": worker_inflight_bytes(serve),
                     "micro_batch": serve.micro_batch,
                     "working_folder": os.getcwd(),
+                    "mmap_threshold_pinned": heap_pinned,
                 }
             },
         )
@@ -285,7 +291,8 @@ def create_app(cfg: AppConfig | None = None, *, private_workdir: bool = False) -
     install_error_handlers(app, ctx.logger)
     routers = [build_router(cfg) for build_router in ROUTERS]
     for router in routers:
-        app.include_router(router)
+        # Every operation can answer the transport errors too (see TRANSPORT_RESPONSES).
+        app.include_router(router, responses=TRANSPORT_RESPONSES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Added first = inner: the limits run inside the metrics/logging middleware, so rejected
     # requests are counted and logged too.

@@ -115,6 +115,9 @@ class MicroBatcher:
             if jobs is None:
                 return
             self._forward(jobs)
+            # Held while waiting for the next batch, the last jobs would keep their model (one
+            # swapped out since) loaded until the next /predict.
+            del jobs
 
     def _next_batch(self) -> list[_Job] | None:
         with self._condition:

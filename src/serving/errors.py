@@ -32,6 +32,14 @@ ERROR_CODES = {
 }
 
 
+# FastAPI's answer to a JSON body it cannot decode (not UTF-8, ...), and what the API says instead.
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
+UNREADABLE_BODY = (
+    "The body cannot be decoded as JSON text; send a UTF-8 JSON object with "
+    "Content-Type: application/json."
+)
+
+
 def error_body(
     error: str, detail: str, problems: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -72,12 +80,13 @@ class ApiError(HTTPException):
         self.problems = problems
 
 
-class TransportError(Exception):
+class TransportError(HTTPException):
     """A transport limit tripped while the body streamed in (413, 408, 400): answered with
-    ``Connection: close`` because the rest of the body is never read."""
+    ``Connection: close`` because the rest of the body is never read. An ``HTTPException`` so
+    that FastAPI, reading a JSON body, passes it on instead of answering its own 400."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
+        super().__init__(status_code=status, detail=detail)
         self.status = status
         self.error = error
         self.detail = detail
@@ -89,10 +98,13 @@ def install_error_handlers(app: FastAPI, logger: logging.Logger) -> None:
     async def http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         error = getattr(exc, "error", None) or ERROR_CODES.get(exc.status_code, "error")
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail == FASTAPI_BODY_ERROR:
+            detail = UNREADABLE_BODY
         return error_response(
             exc.status_code,
             error,
-            str(exc.detail),
+            detail,
             getattr(exc, "problems", None),
             dict(exc.headers) if exc.headers else None,
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 
 class ClassProbability(BaseModel):
@@ -54,10 +55,34 @@ class ModelDescription(BaseModel):
     load_error: str | None = Field(description="Why the Production version failed to load.")
 
 
+class FieldProblem(BaseModel):
+    """One invalid field of a JSON body (422 ``invalid_request``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    loc: list[str] = Field(description="Where: 'body', then the field's path.")
+    detail: str = Field(description="What is wrong with it.")
+
+
+class FileProblem(BaseModel):
+    """One uploaded file that cannot be classified (422 ``bad_image``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    index: int = Field(ge=0, description="Position of the file in the request.")
+    filename: str | None
+    detail: str = Field(description="Why it cannot be classified.")
+
+
 class ErrorBody(BaseModel):
+    """The body of every error answer (built by :func:`src.serving.errors.error_body`)."""
+
+    model_config = ConfigDict(extra="forbid")
     error: str = Field(description="Machine-readable code, e.g. 'payload_too_large'.")
     detail: str = Field(description="What went wrong and what to do, in one line.")
-    problems: list[dict[str, Any]] | None = None
+    # Absent rather than null when there is nothing to list.
+    problems: list[FieldProblem | FileProblem] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="422 only: each invalid field (`loc`) or file (`index`), and its problem.",
+    )
 
 
 class Health(BaseModel):
@@ -101,16 +126,55 @@ def multipart_body(field: str, *, many: bool, max_files: int) -> dict[str, Any]:
     }
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in {
-        400: "Malformed multipart body.",
-        401: "Missing or wrong X-API-Key (when the server has one configured).",
-        413: "Body, file or file count over the limit.",
-        415: "Not multipart/form-data.",
-        408: "The request body stalled.",
-        422: "Missing field, or a file that is not an acceptable image.",
-        431: "Request headers too large.",
-        503: "No model loaded yet, or too many upload bytes in flight (see Retry-After).",
-    }.items()
+Responses = dict[int | str, dict[str, Any]]
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+BUSY = "too many upload bytes in flight (`busy`, with Retry-After)"
+
+
+def error(description: str, **extra: Any) -> dict[str, Any]:
+    """An error answer: :class:`ErrorBody` as JSON."""
+    return {"model": ErrorBody, "description": description, **extra}
+
+
+# What any operation can answer, whatever it does: the transport limits run before routing
+# (src.serving.limits) and the error handlers catch the rest (src.serving.errors). Every router
+# is included with these; a route that answers a status for its own reasons too says both.
+TRANSPORT_RESPONSES: Responses = {
+    413: error("The declared body is over the limit for this path (`payload_too_large`)."),
+    431: error("The request headers are over the limit (`headers_too_large`)."),
+    500: error("An unexpected failure (`internal_error`); it was logged."),
+    503: error(f"The server is busy: {BUSY}.", headers=RETRY_AFTER),
+}
+
+# What an operation that reads a body can answer besides (the others never read one).
+BODY_READ = (
+    "the body ended short of its Content-Length (`short_body`), or the client left "
+    "(`client_disconnected`)"
+)
+BODY_RESPONSES: Responses = {
+    400: error(f"The body cannot be read: {BODY_READ}."),
+    408: error("The request body stalled (`request_timeout`)."),
+}
+
+API_KEY_RESPONSES: Responses = {
+    401: error("Missing or wrong X-API-Key, when the server has one (`unauthorized`)."),
+}
+
+NOT_READY = "no model is loaded yet (`not_ready`)"
+
+UPLOAD_RESPONSES: Responses = {
+    **BODY_RESPONSES,
+    **API_KEY_RESPONSES,
+    400: error(f"Malformed multipart body (`malformed_multipart`), or {BODY_READ}."),
+    413: error(
+        "Body over the limit (`payload_too_large`), a file over its limit (`file_too_large`), "
+        "too many files or form fields (`too_many_files`, `too_many_fields`), or images "
+        "over the request's decoded-pixel budget (`batch_too_large`)."
+    ),
+    415: error("Not multipart/form-data (`unsupported_media_type`)."),
+    422: error(
+        "No such field (`missing_field`), a plain field instead of a file (`not_a_file`), or "
+        "files that are not acceptable images (`bad_image`, each in `problems`)."
+    ),
+    503: error(f"Not ready: {NOT_READY}; or {BUSY}.", headers=RETRY_AFTER),
 }

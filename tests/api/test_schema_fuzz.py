@@ -1,4 +1,5 @@
-"""Schemathesis over the OpenAPI schema: generated requests (valid and invalid) never get a 5xx.
+"""Schemathesis over the OpenAPI schema: generated requests (valid and invalid) never get a 5xx,
+and every answer conforms to the schema (status listed, content type, body, headers).
 
 Bounded: a few examples per operation, in process (ASGI), a few seconds in all.
 """
@@ -14,13 +15,26 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from mlflow.tracking import MlflowClient
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.python import asgi
 
 from src.api import create_app
 from tests.helpers.api import ModelSources, Registry, make_config, wait_until
 
 MAX_EXAMPLES = 12
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +70,7 @@ def test_no_server_errors(api_schema: Any, mode: GenerationMode) -> None:
         def check(case: Any) -> None:
             response = case.call()
             calls.append(f"{case.method} {case.path} -> {response.status_code}")
-            case.validate_response(response, checks=[not_a_server_error])
+            case.validate_response(response, checks=CHECKS)
             assert response.status_code < 500, response.text
             content_type = (response.headers.get("content-type") or [""])[0]
             assert content_type.startswith(("application/json", "text/plain", "text/html"))

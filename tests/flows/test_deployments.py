@@ -37,8 +37,11 @@ def test_prefect_yaml_matches_the_flow_config() -> None:
     assert rollback["entrypoint"] == "flows/rollback_flow.py:rollback_flow"
     assert deployment["name"] == cfg.flow.deployment_name
     assert deployment["entrypoint"] == "flows/train_flow.py:train_flow"
-    # The schedules are written once, in configs/ (deploy.py applies them), never here too.
-    assert [d["name"] for d in spec["deployments"] if "schedules" in d] == []
+    # The schedules are written once, in configs/, and rendered here (prefect deploy applies them).
+    assert deployment["schedules"] == [
+        {"cron": cfg.flow.schedule_cron, "timezone": cfg.flow.schedule_timezone, "active": True}
+    ]
+    assert rollback["schedules"] == []  # by hand only
     assert deployment["work_pool"]["name"] == cfg.flow.work_pool
     # The deployment's parameters are valid TrainFlowParams.
     TrainFlowParams.model_validate(deployment["parameters"]["params"])
@@ -65,6 +68,11 @@ def test_deploy_script_registers_a_scheduled_deployment_from_config(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "train-flow/nightly-test" in result.stdout
+    # It says that these are not prefect.yaml's deployments (the pool changed all three).
+    assert (
+        "Note: FLOW_*/MONITOR_* or --profile changed train-flow/nightly-test, monitor-flow/hourly, "
+        "rollback-flow/manual: registered with those values" in result.stdout
+    )
     api = prefect_server.api_url
     deployment = httpx.get(f"{api}/deployments/name/train-flow/nightly-test", timeout=10).json()
     assert deployment["work_pool_name"] == "script-pool"

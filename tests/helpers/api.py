@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,10 @@ class Server:
         return self.log_path.read_text(errors="replace").splitlines()
 
 
+def uvicorn_bind(port: int) -> list[str]:
+    return ["--host", "127.0.0.1", "--port", str(port)]
+
+
 def start_server(
     tmp_path: Path,
     tracking_uri: str,
@@ -185,11 +190,13 @@ def start_server(
     wait_ready: bool = True,
     uvicorn: tuple[str, ...] = (sys.executable, "-m", "uvicorn"),
     command: tuple[str, ...] | None = None,
+    bind: Callable[[int], list[str]] | None = None,
     cwd: Path = REPO_ROOT,
     **env: str,
 ) -> Server:
     """``uvicorn src.api:app`` on a free port (``uvicorn``: the command, e.g. another venv's;
-    ``command``: run this instead, e.g. ``make serve``'s CLI, given ``--host``/``--port``); its
+    ``command``: run this instead, e.g. ``make serve``'s CLI, given ``--host``/``--port``, or what
+    ``bind(port)`` returns, e.g. gunicorn's ``--bind``); its
     working files (the prediction log in ``tmp_path/outputs/monitoring/``, shared by the servers of
     one test) stay in ``tmp_path``."""
     port = free_port()
@@ -208,7 +215,7 @@ def start_server(
     with log_path.open("wb") as log:
         argv = command or (*uvicorn, "src.api:app")
         process = subprocess.Popen(
-            [*argv, "--host", "127.0.0.1", "--port", str(port)],
+            [*argv, *(bind or uvicorn_bind)(port)],
             cwd=cwd,
             env=full_env,
             stdout=log,

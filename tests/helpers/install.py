@@ -70,3 +70,53 @@ def tree_bytes(folder: Path) -> int:
         for name in files:
             total += os.lstat(os.path.join(parent, name)).st_size
     return total
+
+
+def copy_tracked(dest: Path) -> Path:
+    """A clean clone of the working tree: the files git tracks plus new ones it does not ignore,
+    committed into a new repository (DVC needs one)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, check=True, timeout=60,
+    ).stdout.decode()  # fmt: skip
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
+        subprocess.run([*git, *step], cwd=dest, check=True, capture_output=True, timeout=120)
+    return dest
+
+
+def find_python(minor: int) -> Path:
+    """CPython 3.<minor>: ``python3.<minor>`` on PATH if it runs, else pyenv's newest 3.<minor>.x."""
+    name = f"python3.{minor}"
+    on_path = shutil.which(name)
+    if on_path and subprocess.run([on_path, "-c", ""], capture_output=True).returncode == 0:
+        return Path(on_path)
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = sorted(
+        root.glob(f"3.{minor}.*/bin/{name}"),
+        key=lambda p: tuple(int(x) for x in p.parts[-3].split(".") if x.isdigit()),
+    )
+    if not found:
+        raise FileNotFoundError(
+            f"CPython 3.{minor} is needed for this test: install it (pyenv install 3.{minor})"
+        )
+    return found[-1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without what would point a nested make or uv at our own venv."""
+    drop = (
+        "VIRTUAL_ENV",
+        "UV_PROJECT_ENVIRONMENT",
+        "MAKEFLAGS",
+        "MAKELEVEL",
+        "MFLAGS",
+        "PYTHONPATH",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {**env, **extra}

@@ -1,6 +1,7 @@
-"""The serving role alone: a fresh virtualenv from requirements/serve.txt and the built wheel (not
-editable) has no training stack, stays small, and its ``uvicorn src.api:app`` serves a registered
-Production model from another folder and follows a promotion. The model is made and registered
+"""The serving role alone, on every supported Python: a fresh virtualenv with uv.lock's base
+dependencies and the built wheel (not editable) has no training stack, stays small, and its
+``uvicorn src.api:app`` serves a registered Production model from another folder and follows a
+promotion. The model is made and registered
 with this (full) environment; the light one only reads the registry."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from src.labels import CLASS_NAMES
 from src.model_io import log_classifier
 from tests.helpers.api import encode, start_server, stop_server, wait_until
 from tests.helpers.flows import tiny_model
-from tests.helpers.install import REPO_ROOT, pyproject_version, tree_bytes
+from tests.helpers.install import REPO_ROOT, find_python, pyproject_version, tree_bytes, uv_path
 
 NAME = "light-venv-model"
 HEAVY = ("torch", "lightning", "mlflow", "prefect", "dvc", "pandas", "great_expectations")
@@ -31,19 +32,20 @@ def run(command: list[str], cwd: Path, timeout: float = 300) -> subprocess.Compl
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def make_serving_venv(folder: Path, wheel: Path) -> Path:
-    """A venv with the serving lock (hashes checked) and the wheel itself, no dependencies."""
-    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=300)
-    python = folder / "bin" / "python"
-    lock = REPO_ROOT / "requirements" / "serve.txt"
+def make_serving_venv(folder: Path, wheel: Path, python: Path) -> Path:
+    """A venv of ``python`` with the serving role of uv.lock (hashes checked) and the wheel itself."""
+    subprocess.run([str(python), "-m", "venv", str(folder)], check=True, timeout=300)
+    target = ["--python", str(folder / "bin" / "python")]
+    lock = folder.parent / "serve-requirements.txt"
+    uv = str(uv_path())
     for step in (
-        ["--require-hashes", "-r", str(lock)],
-        ["--no-deps", str(wheel)],
+        ["export", "--frozen", "--no-dev", "--no-emit-project", "--quiet", "-o", str(lock)],
+        ["pip", "install", "--quiet", *target, "--require-hashes", "-r", str(lock)],
+        ["pip", "install", "--quiet", *target, "--no-deps", str(wheel)],
+        ["pip", "check", *target],  # the lock is complete for this Python
     ):
-        done = run([str(python), "-m", "pip", "install", "-q", *step], cwd=folder, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-    checked = run([str(python), "-m", "pip", "check"], cwd=folder)
-    assert checked.returncode == 0, checked.stdout + checked.stderr  # the lock is complete
+        done = run([uv, *step], cwd=REPO_ROOT, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return folder
 
 
@@ -77,11 +79,13 @@ def served_version(url: str) -> str | None:
 @pytest.mark.integration
 @pytest.mark.install
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("minor", [11, 12, 13])
 def test_the_serving_install_has_no_training_stack_and_serves_production(
-    wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    minor: int, wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the fresh venv sees only its own packages
-    venv = make_serving_venv(tmp_path / "serve-venv", wheel)
+    python = Path(sys.executable) if sys.version_info[:2] == (3, minor) else find_python(minor)
+    venv = make_serving_venv(tmp_path / "serve-venv", wheel, python)
     python = str(venv / "bin" / "python")
     probe = f"import importlib.util as u, json; print(json.dumps({{m: bool(u.find_spec(m)) for m in {HEAVY!r}}}))"
     present = json.loads(run([python, "-c", probe], cwd=tmp_path).stdout)

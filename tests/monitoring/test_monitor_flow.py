@@ -9,15 +9,21 @@ import yaml
 
 from flows.monitor_flow import MonitorFlowParams
 from src import cli
+from src.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_hourly_deployment_leaves_its_schedule_to_the_monitor_config() -> None:
+def test_the_hourly_deployment_carries_the_monitor_config_schedule() -> None:
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     [deployment] = [d for d in spec["deployments"] if d["name"] == "hourly"]
     assert deployment["entrypoint"] == "flows/monitor_flow.py:monitor_flow"
-    assert "schedules" not in deployment  # written once: monitor.schedule_cron (deploy.py)
+    cfg = load_config(environ={})  # written once: monitor.schedule_cron, rendered into the file
+    [schedule] = deployment["schedules"]
+    assert (schedule["cron"], schedule["timezone"]) == (
+        cfg.monitor.schedule_cron,
+        cfg.flow.schedule_timezone,
+    )
     params = MonitorFlowParams.model_validate(deployment["parameters"]["params"])
     assert params.dry_run is False
 

@@ -1,24 +1,33 @@
 """Several worker processes (``make serve``'s default: one per core) are one service: every
 answer lands in the prediction log exactly once, on sqlite and on PostgreSQL, and ``/metrics``
-of any worker counts the requests of all of them."""
+of any worker counts the requests of all of them. The same holds when the workers are started by
+the servers' own flags: ``uvicorn src.api:app --workers 2`` and gunicorn with uvicorn workers."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from src.config import load_config
 from src.monitoring.store import PredictionStore
+from src.serving.workers import usable_cores
 from tests.helpers.api import (
     Registry,
     Server,
     encode,
+    free_port,
     sample_images,
     start_server,
     stop_server,
@@ -28,19 +37,35 @@ from tests.helpers.api import (
 pytestmark = pytest.mark.integration
 
 SERVE_CLI = (sys.executable, "-m", "src.serving.cli")
+UVICORN_WORKERS = (sys.executable, "-m", "uvicorn", "src.api:app", "--workers", "2")
+GUNICORN = (sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "2")
 REQUESTS = 120
 
 
-def two_workers(tmp_path: Path, registry: Registry, **env: str) -> Server:
+def gunicorn_bind(port: int) -> list[str]:
+    return ["--bind", f"127.0.0.1:{port}", "src.api:app"]
+
+
+# How a user starts two workers: the product's CLI, or the servers' own flags (no SERVE_WORKERS).
+STARTS: dict[str, tuple[tuple[str, ...], Callable[[int], list[str]] | None, dict[str, str]]] = {
+    "cli": (SERVE_CLI, None, {"SERVE_WORKERS": "2"}),
+    "uvicorn --workers": (UVICORN_WORKERS, None, {}),
+    "gunicorn -w": (GUNICORN, gunicorn_bind, {}),
+}
+
+
+def two_workers(tmp_path: Path, registry: Registry, start: str = "cli", **env: str) -> Server:
     """The service once both workers have their model (``model_ready`` is the lowest of them)."""
+    command, bind, start_env = STARTS[start]
+    # Unset unless the start sets them: the servers' flags alone must do.
+    unset = {"SERVE_WORKERS": "", "PROMETHEUS_MULTIPROC_DIR": "", "WEB_CONCURRENCY": ""}
     server = start_server(
         tmp_path,
         registry.tracking_uri,
         registry.name,
-        command=SERVE_CLI,
-        SERVE_WORKERS="2",
-        SERVE_JSON_LOGS="true",
-        **env,
+        command=command,
+        bind=bind,
+        **{**unset, "SERVE_JSON_LOGS": "true", **start_env, **env},
     )
     try:
         wait_until(
@@ -82,14 +107,29 @@ def metric_total(url: str, name: str) -> float:
     )
 
 
-def answering_pids(server: Server) -> set[int]:
-    pids = set()
-    for line in server.log_lines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            if record.get("event") == "request" and record.get("route") == "/predict":
-                pids.add(int(record["pid"]))
-    return pids
+def json_records(server: Server, event: str) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+    return [record for record in records if record.get("event") == event]
+
+
+def answering_pids(server: Server) -> list[int]:
+    """The pid of each /predict request line (one line per answer)."""
+    return [
+        int(record["pid"])
+        for record in json_records(server, "request")
+        if record.get("route") == "/predict"
+    ]
+
+
+def check_worker_shares(server: Server) -> None:
+    """Each worker started as one of two: its share of the cores and of the body budget."""
+    serve = load_config(environ={}).serve
+    started = json_records(server, "starting")
+    assert len({record["pid"] for record in started}) == 2, started
+    for record in started:
+        assert record["workers"] == 2
+        assert record["slots"] == max(1, usable_cores() // 2)
+        assert record["inflight_bytes"] == max(serve.max_inflight_bytes // 2, serve.max_batch_bytes)
 
 
 def logged_ids(url: str, since: float) -> list[str]:
@@ -101,10 +141,12 @@ def logged_ids(url: str, since: float) -> list[str]:
         store.close()
 
 
-def check_one_service(tmp_path: Path, registry: Registry, store_url: str, **env: str) -> None:
+def check_one_service(
+    tmp_path: Path, registry: Registry, store_url: str, start: str = "cli", **env: str
+) -> None:
     registry.add_production("varied")
     started = time.time()
-    server = two_workers(tmp_path, registry, **env)
+    server = two_workers(tmp_path, registry, start, **env)
     try:
         ids = post_images(server.url, REQUESTS)
         # Whichever worker answers /metrics, it counts both workers' answers.
@@ -117,15 +159,21 @@ def check_one_service(tmp_path: Path, registry: Registry, store_url: str, **env:
         )
     finally:
         stop_server(server)  # the workers flush their log queues as they stop
-    assert len(answering_pids(server)) == 2, "both workers should have answered"
+    pids = answering_pids(server)
+    assert len(set(pids)) == 2, "both workers should have answered"
+    assert len(pids) == REQUESTS  # one request line per answer
+    check_worker_shares(server)
     logged = logged_ids(store_url, started)
     assert len(ids) == len(set(ids)) == REQUESTS
     assert sorted(logged) == sorted(ids)  # every answer once, nothing lost, nothing twice
 
 
-def test_two_workers_log_every_answer_once_on_sqlite(registry: Registry, tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", list(STARTS))
+def test_two_workers_log_every_answer_once_on_sqlite(
+    registry: Registry, tmp_path: Path, start: str
+) -> None:
     url = f"sqlite:///{tmp_path / 'outputs' / 'monitoring' / 'predictions.db'}"
-    check_one_service(tmp_path, registry, url)
+    check_one_service(tmp_path, registry, url, start)
 
 
 def test_two_workers_log_every_answer_once_on_postgresql(
@@ -170,3 +218,32 @@ def test_two_workers_ride_a_promotion_with_no_failed_request(
     assert {status for _, status, _ in answers} == {200}
     assert {version for _, _, version in answers} == {old, newer}
     assert {version for sent, _, version in answers if sent > everyone_swapped} == {newer}
+
+
+def test_gunicorn_preload_is_refused_in_one_line(registry: Registry, tmp_path: Path) -> None:
+    """With --preload the app would load once, in the arbiter, and the workers would share its
+    metrics and registry poller: the server refuses to start and says why."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SERVE_WORKERS", "WEB_CONCURRENCY")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(MLFLOW_TRACKING_URI=registry.tracking_uri, PATHS_ROOT=str(tmp_path), PROFILE="")
+    port = free_port()
+    server = subprocess.Popen(
+        [*GUNICORN, "--preload", *gunicorn_bind(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the arbiter and any worker it started, stopped together
+    )
+    try:
+        _, stderr = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    assert server.returncode == 2
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert lines == [
+        "error: cannot start the API: gunicorn --preload is not supported: each worker must load "
+        "the app and the model itself (its own metrics, registry poller and prediction log); "
+        "drop --preload."
+    ], stderr

@@ -17,6 +17,15 @@ from src.labels import CLASS_NAMES
 from src.monitoring.answers import PredictionMonitor
 from src.serving.deps import require_api_key, serving_context
 from src.serving.rate_limit import ClientRateLimiter
+from src.serving.schemas import (
+    API_KEY_RESPONSES,
+    BODY_READ,
+    BODY_RESPONSES,
+    BUSY,
+    RETRY_AFTER,
+    Responses,
+    error,
+)
 
 PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -31,6 +40,25 @@ class FeedbackAccepted(BaseModel):
     prediction_id: str
     true_label: str
     true_class_id: int
+
+
+FEEDBACK_RESPONSES: Responses = {
+    **BODY_RESPONSES,
+    **API_KEY_RESPONSES,
+    400: error(f"The body cannot be decoded as JSON text (`bad_request`), or {BODY_READ}."),
+    404: error("No answer with this `prediction_id` in the prediction log (`not_found`)."),
+    422: error(
+        "The body is not JSON or not this shape (`invalid_request`, each field in `problems`), "
+        "a malformed `prediction_id` or an unknown label (`invalid_request`)."
+    ),
+    429: error(
+        "Too many feedback posts from this client (`too_many_requests`).", headers=RETRY_AFTER
+    ),
+    503: error(
+        f"The prediction log is off, unavailable or overloaded (`not_ready`); or {BUSY}.",
+        headers=RETRY_AFTER,
+    ),
+}
 
 
 def class_id_of(label: str | int) -> int:
@@ -61,6 +89,7 @@ def build_router(cfg: AppConfig) -> APIRouter:
         status_code=202,
         response_model=FeedbackAccepted,
         dependencies=[Depends(require_api_key)],
+        responses=FEEDBACK_RESPONSES,
         summary="Record the true garment for an answer (its `prediction_id`).",
     )
     async def post_feedback(body: FeedbackRequest, request: Request) -> Response:

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from src.config import AppConfig
 from src.serving.deps import serving_context
-from src.serving.schemas import Health, Readiness
+from src.serving.schemas import BUSY, RETRY_AFTER, ErrorBody, Health, Readiness
 
 
 def build_router(_cfg: AppConfig) -> APIRouter:
@@ -23,7 +23,14 @@ def build_router(_cfg: AppConfig) -> APIRouter:
     @router.get(
         "/ready",
         response_model=Readiness,
-        responses={503: {"model": Readiness, "description": "No model loaded yet."}},
+        responses={
+            503: {
+                "model": Readiness | ErrorBody,
+                "description": "No model loaded yet (`Readiness`, `status` 'not_ready', with "
+                f"the reason); or {BUSY} (`ErrorBody`).",
+                "headers": RETRY_AFTER,
+            }
+        },
         summary="Readiness: 200 once a model is loaded, 503 with the reason before; the reason "
         "also says when Production failed to load and an older version is served.",
     )
@@ -47,7 +54,7 @@ def build_router(_cfg: AppConfig) -> APIRouter:
         "/metrics",
         summary="Prometheus metrics.",
         response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
     )
     async def prometheus_metrics(request: Request) -> Response:
         body = serving_context(request).metrics.exposition()

@@ -12,7 +12,7 @@ from src.config import AppConfig
 from src.monitoring.card import MODEL_CARD_TAG
 from src.serving.deps import CurrentModel, serving_context
 from src.serving.model_store import LoadedModel
-from src.serving.schemas import ERROR_RESPONSES, ModelDescription
+from src.serving.schemas import BUSY, NOT_READY, RETRY_AFTER, ModelDescription, error
 
 
 def describe_model(model: LoadedModel, request: Request) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def build_router(_cfg: AppConfig) -> APIRouter:
     @router.get(
         "/model",
         response_model=ModelDescription,
-        responses={503: ERROR_RESPONSES[503]},
+        responses={503: error(f"Not ready: {NOT_READY}; or {BUSY}.", headers=RETRY_AFTER)},
         summary="The served model version, its metrics and data version; a Production version "
         "that failed to load.",
     )
@@ -57,7 +57,11 @@ def build_router(_cfg: AppConfig) -> APIRouter:
     @router.get(
         "/model/card",
         response_class=Response,
-        responses={200: {"content": {"text/markdown": {}}}, 404: {}, 503: {}},
+        responses={
+            200: {"content": {"text/markdown": {"schema": {"type": "string"}}}},
+            404: error("The served version has no model card (`not_found`)."),
+            503: error(f"Not ready: {NOT_READY}; or {BUSY}.", headers=RETRY_AFTER),
+        },
         summary="The served version's model card (markdown).",
     )
     async def model_card(request: Request) -> Response:

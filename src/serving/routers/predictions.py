@@ -9,13 +9,13 @@ from fastapi.responses import JSONResponse, Response
 from src.config import AppConfig
 from src.serving.deps import CurrentModel, require_api_key, serving_context
 from src.serving.routers import body_limit
-from src.serving.schemas import ERROR_RESPONSES, Prediction, multipart_body
+from src.serving.schemas import UPLOAD_RESPONSES, Prediction, multipart_body
 from src.serving.service import classify_request
 
 
 def build_router(cfg: AppConfig) -> APIRouter:
     serve = cfg.serve
-    router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+    router = APIRouter(dependencies=[Depends(require_api_key)], responses=UPLOAD_RESPONSES)
 
     @router.post(
         "/predict",
