@@ -3,8 +3,8 @@
 The model is what ``make serve`` would serve: the Production version of the configured registry
 (``configs/mlflow.yaml``, by default the embedded ``sqlite:///mlflow.db``). Only without one, a
 stand-in with the default architecture and test-time augmentation (``src.model.build_model`` on the
-``train`` section of ``configs/``, random weights: the same compute) is exported with the trainer's own
-``log_onnx`` and promoted with ``src.registry`` into a temporary registry. The report names the
+``train`` section of ``configs/``, random weights: the same compute) is logged with the trainer's own
+``log_classifier`` (the onnx flavour) and promoted with ``src.registry`` into a temporary registry. The report names the
 model (name, version, TTA, runtime, threads). Measured, on the same PNG-encoded images:
 
 * cold start: process spawn → ``/health`` 200 and → ``/ready`` 200 (median of three spawns);
@@ -266,7 +266,7 @@ def standin_registry(workdir: Path) -> BenchRegistry:
 
     from src.config import load_config
     from src.model import build_model
-    from src.model_io import log_classifier, log_onnx
+    from src.model_io import log_classifier
     from src.registry import promote_candidate, register_candidate
 
     cfg = load_config().train
@@ -279,7 +279,6 @@ def standin_registry(workdir: Path) -> BenchRegistry:
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_params({"network": cfg.network, "flip_tta": cfg.flip_tta})
             info = log_classifier(model, metadata={"flip_tta": cfg.flip_tta})
-            log_onnx(MlflowClient(tracking_uri=uri), run.info.run_id, model)
         source = mlflow.get_logged_model(info.model_id).artifact_location
     finally:
         mlflow.set_tracking_uri(previous)

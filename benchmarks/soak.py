@@ -114,11 +114,10 @@ def log_standin(url: str) -> tuple[str, str]:
     """The default architecture + TTA (random weights) logged with the trainer's code: (model
     source, run id)."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     from src.config import load_config
     from src.model import build_model
-    from src.model_io import log_classifier, log_onnx
+    from src.model_io import log_classifier
 
     cfg = load_config().train
     model = build_model(cfg).eval()
@@ -127,7 +126,6 @@ def log_standin(url: str) -> tuple[str, str]:
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_params({"flip_tta": cfg.flip_tta})
         info = log_classifier(model, metadata={"flip_tta": cfg.flip_tta})
-        log_onnx(MlflowClient(tracking_uri=url), run.info.run_id, model)
     return info.model_uri, run.info.run_id
 
 

@@ -38,7 +38,7 @@ def describe_version(
     client = registry.get_client(cfg.tracking_uri)
     try:
         reference = attachments.validation_profile(
-            cfg, client, trained.run_id, prepared.dataset_path
+            cfg, client, trained.run_id, prepared.dataset_path, trained.model_uri
         )
         with np.load(prepared.dataset_path) as data:
             y_true = np.asarray(data["y_test"], dtype=np.int64)

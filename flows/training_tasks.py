@@ -92,7 +92,9 @@ def evaluate_task(prepared: PreparedData, trained: TrainResultLike, cfg: AppConf
     keep its predictions in the run, and publish the metrics table."""
     _use_tracking(cfg)
     client = registry.get_client(cfg.tracking_uri)
-    metrics, predictions = score_model(client, trained.run_id, prepared.dataset_path)
+    metrics, predictions = score_model(
+        client, trained.run_id, prepared.dataset_path, trained.model_uri
+    )
     y_true = load_test_labels(prepared.dataset_path)
     if len(predictions) != len(y_true):
         raise ValueError(

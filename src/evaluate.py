@@ -149,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config()
     mlflow.set_tracking_uri(cfg.tracking_uri)
     dataset = Path(args.dataset) if args.dataset else _default_dataset()
+    classifier: Scorer
     if args.checkpoint:
-        classifier = classifier_from_checkpoint(args.checkpoint)
+        classifier, what = classifier_from_checkpoint(args.checkpoint), args.checkpoint
     else:
-        uri = args.model_uri or f"runs:/{args.run_id}/{MODEL_ARTIFACT_NAME}"
-        classifier = load_classifier(uri)
+        # The registered ONNX graph in ONNX Runtime, as the API serves it (nothing unpickled).
+        what = args.model_uri or f"runs:/{args.run_id}/{MODEL_ARTIFACT_NAME}"
+        classifier = load_classifier(what, cfg.tracking_uri)
     result = evaluate_classifier(classifier, dataset, split=args.split)
-    print(f"model: {classifier.model_uri}")
+    print(f"model: {what}")
     print(f"dataset: {dataset}")
     print(result.table())
     if not args.no_log and not args.checkpoint:

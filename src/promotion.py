@@ -1,6 +1,6 @@
 """From a scored candidate to Production: the gate against the champion, then the promotion.
 
-1. :func:`score_model` scores a run's ONNX model, the file the API serves, on the test split;
+1. :func:`score_model` scores a model's ONNX graph, the file the API serves, on the test split;
    :func:`store_test_predictions` keeps the answers in the run.
 2. :func:`decide` applies the gate (:mod:`src.gate`): the floors, then the comparison with the
    champion (Production) on the same test split, whose answers :func:`champion_predictions`
@@ -63,17 +63,20 @@ class Promotion:
 
 
 def score_model(
-    client: MlflowClient, run_id: str | None, dataset_path: Path
+    client: MlflowClient, run_id: str | None, dataset_path: Path, model_uri: str | None = None
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Score run ``run_id``'s ONNX model, the file the API serves, on the whole test split, in
-    ONNX Runtime as the API runs it (nothing from the artifact store is unpickled).
+    """Score a model's ONNX graph, the file the API serves, on the whole test split, in ONNX
+    Runtime as the API runs it (nothing from the artifact store is unpickled). The model:
+    ``model_uri`` (a registered version or logged model), else run ``run_id``'s model.
 
     Returns (metrics, predicted class ids); metrics: accuracy, macro_f1, per_class_f1 by name.
     """
     from src.evaluate import evaluate_classifier
-    from src.model_io import load_served_classifier
+    from src.model_io import MODEL_ARTIFACT_NAME, load_served_classifier
 
-    classifier = load_served_classifier(client, run_id)
+    if model_uri is None and run_id:
+        model_uri = f"runs:/{run_id}/{MODEL_ARTIFACT_NAME}"
+    classifier = load_served_classifier(client, model_uri, run_id)
     result = evaluate_classifier(classifier, dataset_path, split="test")
     metrics = {
         "accuracy": float(result.accuracy),
@@ -116,7 +119,12 @@ def champion_predictions(
         except (MlflowException, OSError, ValueError):
             pass
     try:
-        _, predictions = score_model(client, champion.run_id, prepared.dataset_path)
+        _, predictions = score_model(
+            client,
+            champion.run_id,
+            prepared.dataset_path,
+            registry.model_version_uri(champion.name, str(champion.version)),
+        )
     except ValueError as exc:
         raise ValueError(f"Production v{champion.version} cannot be re-scored: {exc}") from exc
     return predictions, "re-scored on this run's test split"

@@ -60,9 +60,8 @@ def shared_data_dir() -> Path:
 def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
     """A sqlite MLflow store holding four tiny logged models (the API tests' registry sources)."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    from src.model_io import log_classifier, log_onnx
+    from src.model_io import log_classifier
     from tests.helpers.api import LoggedModel, ModelSources, constant_model, image_dependent_model
     from tests.helpers.mlflow_db import new_sqlite_store
 
@@ -71,7 +70,6 @@ def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.create_experiment("api-tests", artifact_location=(root / "art").as_uri())
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     logged: dict[str, LoggedModel] = {}
     varied = image_dependent_model()
     for key, module in (
@@ -84,7 +82,6 @@ def model_sources(tmp_path_factory: pytest.TempPathFactory) -> ModelSources:
             mlflow.log_params({"data_md5": f"md5-{key}"})
             mlflow.log_metrics({"test_accuracy": 0.91, "test_macro_f1": 0.9})
             info = log_classifier(module)
-            log_onnx(client, run.info.run_id, module)  # the served form, as the trainer logs it
         # The artifact location, not ``models:/m-...``: resolving a logged-model id would go
         # through MLflow's process-global tracking URI.
         location = mlflow.get_logged_model(info.model_id).artifact_location

@@ -31,16 +31,17 @@ from src.monitoring.reference_profile import (
 
 
 def validation_profile(
-    cfg: AppConfig, client: Any, run_id: str, dataset_path: Path
+    cfg: AppConfig, client: Any, run_id: str, dataset_path: Path, model_uri: str | None = None
 ) -> ReferenceProfile:
-    """Score run ``run_id``'s served model (its ONNX file, in ONNX Runtime: nothing unpickled)
-    on the validation split and profile it."""
+    """Score the served model (its ONNX graph, in ONNX Runtime: nothing unpickled) on the
+    validation split and profile it. The model: ``model_uri``, else run ``run_id``'s model."""
     from src.data.split import load_split
-    from src.model_io import load_served_classifier
+    from src.model_io import MODEL_ARTIFACT_NAME, load_served_classifier
     from src.preprocessing import normalize_array
 
     images, labels = load_split(dataset_path, "val")
-    classifier = load_served_classifier(client, run_id)
+    uri = model_uri or f"runs:/{run_id}/{MODEL_ARTIFACT_NAME}"
+    classifier = load_served_classifier(client, uri, run_id)
     probabilities = classifier.predict_proba_batched(normalize_array(images))
     return build_reference_profile(
         images,

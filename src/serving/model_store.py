@@ -14,6 +14,7 @@ while the old version keeps serving.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -25,21 +26,20 @@ from typing import Any
 
 import anyio
 import numpy as np
-import yaml
 
 from src.labels import CLASS_NAMES
-from src.onnx_model import ONNX_MODEL_ARTIFACT as ONNX_ARTIFACT
 from src.onnx_model import OnnxClassifier, load_onnx_classifier, predict_within
 from src.preprocessing import IMAGE_SIZE
+from src.served_model import MAX_MLMODEL_BYTES, fetch_served_model
 from src.serving.batching import batch_speedup
 from src.serving.redact import redact_text, redact_uri
-from src.serving.registry_reader import Deadline, RegistryReader, VersionRef, reader_for
+from src.serving.registry_reader import Deadline, RegistryReader, RunInfo, VersionRef, reader_for
 
 logger = logging.getLogger("clothing_classifier.serving")
 
 # Version tags (set by the registry module) that carry metrics.
 METRIC_TAGS = ("test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1")
-MAX_MLMODEL_BYTES = 1024 * 1024
+__all__ = ["MAX_MLMODEL_BYTES", "LoadedModel", "ModelStore"]
 # The poller gives a check this long past its deadline to stop at a checkpoint before it
 # reports it stuck and polls on.
 STUCK_GRACE_S = 2.0
@@ -63,6 +63,9 @@ class LoadedModel:
     registered_at: float | None = None  # Unix time the version was registered
     # Per-image forward time at batch 1 over that at the micro-batch size (measured at load).
     batch_speedup: float = 1.0
+    # The served file's SHA-256, and which file of the version it was (served_model.py).
+    model_sha256: str = ""
+    served_file: str = ""
 
     @property
     def class_names(self) -> list[str]:
@@ -203,29 +206,25 @@ class ModelStore:
         """Fetch, load and warm up ``ref``'s ONNX model (does not make it current)."""
         reader = reader or self._reader()
         started = time.perf_counter()
-        if not ref.run_id:
-            raise ValueError("the version has no run, so no ONNX model (onnx/model.onnx) to serve")
-        self._step(f"reading run {ref.run_id}")
-        run = reader.run(ref.run_id)
-        if run is None:
-            raise ValueError(f"its run {ref.run_id} is not in the tracking store")
-        self._step(f"fetching {ONNX_ARTIFACT}")
-        try:
-            model_bytes = reader.read_artifact(
-                run.artifact_uri, ONNX_ARTIFACT, self.max_model_bytes
-            )
-        except Exception as exc:
-            raise ValueError(
-                f"its run {ref.run_id} has no readable ONNX model {ONNX_ARTIFACT} ({exc}); "
-                "register a model logged by `make train`"
-            ) from exc
-        self._step("fetching MLmodel")
-        metadata = self._mlmodel_metadata(reader, ref)
+        run = None
+        if ref.run_id:
+            self._step(f"reading run {ref.run_id}")
+            run = reader.run(ref.run_id)
+            if run is None:
+                raise ValueError(f"its run {ref.run_id} is not in the tracking store")
+        self._step("fetching the ONNX model")
+        served = fetch_served_model(
+            reader.read_artifact,
+            ref.storage_location,
+            run.artifact_uri if run is not None else None,
+            self.max_model_bytes,
+        )
+        metadata = served.metadata
         class_names = metadata.get("class_names") or list(CLASS_NAMES)
         reader.deadline.check("fetching the model")
         self._step("opening and warming up the ONNX model")
         classifier = load_onnx_classifier(
-            model_bytes,
+            served.model_bytes,
             class_names,
             threads=self.threads,
             warmup_timeout_s=reader.deadline.timeout(self.warmup_timeout_s),
@@ -236,6 +235,7 @@ class ModelStore:
         bounded = BoundedForward(classifier, limit_s)
         speedup = batch_speedup(bounded, self.batch_probe_size, (1, IMAGE_SIZE, IMAGE_SIZE))
         # NaN and infinities (an MLflow server sends them) are no JSON: /model would fail on them.
+        run = run or RunInfo(artifact_uri="")
         metrics = {k: float(v) for k, v in run.metrics.items() if math.isfinite(v)}
         for key in METRIC_TAGS:
             if key in ref.tags and key not in metrics:
@@ -263,22 +263,9 @@ class ModelStore:
             flip_tta=_truthy(flip_tta),
             registered_at=ref.created_at,
             batch_speedup=speedup,
+            model_sha256=hashlib.sha256(served.model_bytes).hexdigest(),
+            served_file=served.origin,
         )
-
-    def _mlmodel_metadata(self, reader: RegistryReader, ref: VersionRef) -> dict[str, Any]:
-        """The version's MLmodel ``metadata`` (class names, TTA), read as plain YAML data."""
-        try:
-            text = reader.read_artifact(ref.storage_location, "MLmodel", MAX_MLMODEL_BYTES)
-            document = yaml.safe_load(text)
-        except Exception:  # optional: the ONNX model alone is enough to serve
-            return {}
-        metadata = document.get("metadata") if isinstance(document, dict) else None
-        if not isinstance(metadata, dict):
-            return {}
-        names = metadata.get("class_names")
-        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-            metadata.pop("class_names", None)
-        return metadata
 
     def swap(self, new: LoadedModel) -> None:
         old = self._current

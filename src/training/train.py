@@ -27,7 +27,7 @@ from src.data.split import PreparedData, load_split
 from src.evaluate import EvalResult, evaluate_classifier
 from src.labels import CLASS_NAMES
 from src.model import describe_model
-from src.model_io import LoadedClassifier, log_classifier, log_onnx
+from src.model_io import LoadedClassifier, log_classifier
 from src.preprocessing import normalize
 from src.training.budget import REPRODUCIBLE, TIME_FITTED
 from src.training.ema import ema_update
@@ -73,8 +73,7 @@ class TrainResult:
     model_uri: str
     metrics: dict[str, float]
     test_predictions_path: Path
-    best_checkpoint: Path | None = None
-    onnx_path: Path | None = None
+    best_checkpoint: Path | None = None  # the local checkpoint retraining can resume from
 
 
 def ensure_experiment(client: MlflowClient, cfg: AppConfig) -> str:
@@ -115,7 +114,8 @@ def train_model(
     client: MlflowClient | None = None,
     notify: Notify | None = None,
 ) -> TrainResult:
-    """Train ``cfg.train`` on ``prepared.dataset_path``; log run, metrics, figures, pt2 + ONNX model.
+    """Train ``cfg.train`` on ``prepared.dataset_path``; log run, metrics, figures and the model
+    (MLflow's onnx flavour: the ONNX graph the API serves).
 
     Does not register the model. Returns the run id, the model URI, the final metrics (of the
     best-by-validation-macro-F1 weights, fp32, evaluated as served) and the test predictions file.
@@ -138,7 +138,7 @@ def train_model(
         )
         model, results, metrics = evaluate_best(client, run_id, prepared, setup, fit)
         predictions_path = log_evaluation(client, run_id, cfg, prepared, setup.module, results)
-        model_uri, onnx_path = log_model(client, run_id, cfg, prepared, model, results["test"])
+        model_uri = log_model(client, run_id, cfg, prepared, model, results["test"])
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -149,7 +149,6 @@ def train_model(
         metrics=metrics,
         test_predictions_path=predictions_path,
         best_checkpoint=_best_path(fit.checkpoint),
-        onnx_path=onnx_path,
     )
 
 
@@ -263,8 +262,10 @@ def log_model(
     prepared: PreparedData,
     model: torch.nn.Module,
     test: EvalResult,
-) -> tuple[str, Path | None]:
-    """The pt2 model (what is served) and an ONNX export, into the run."""
+) -> str:
+    """The model as the ONNX graph the API serves (onnx flavour, with class names, preprocessing
+    and signature in its MLmodel), into the run; returns its ``models:/m-...`` URI. An export
+    that fails fails the run: a model that cannot be served is never registered."""
     x_test, _ = load_split(Path(prepared.dataset_path), "test")
     metadata = {
         "network": cfg.train.network,
@@ -279,8 +280,7 @@ def log_model(
     # MLflow's model logging only knows the fluent API: point it at this run, then restore.
     with _fluent_run(cfg.tracking_uri, run_id):
         info = log_classifier(model, input_example=normalize(x_test[:2]).numpy(), metadata=metadata)
-    # The API serves the ONNX file: a run without it could never be served, so this fails the run.
-    return info.model_uri, log_onnx(client, run_id, model)
+    return str(info.model_uri)
 
 
 @contextmanager

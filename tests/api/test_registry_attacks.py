@@ -21,7 +21,9 @@ import torch
 from src.model_io import MODEL_ARTIFACT_NAME
 from src.onnx_model import ONNX_MODEL_ARTIFACT
 from src.serving.model_store import MAX_MLMODEL_BYTES
-from tests.helpers.api import Registry, encode, sample_images, wait_until
+from tests.helpers.api import Registry, constant_model, encode, sample_images, wait_until
+from tests.helpers.legacy_models import log_pt2_classifier
+from tests.helpers.onnx_graphs import add_onnx_version
 
 GOOD_PNG = encode(sample_images(1)[0])
 
@@ -56,20 +58,18 @@ def _experiment_id(registry: Registry) -> str:
 
 def _onnx_of(registry: Registry, which: str, folder: Path) -> Path:
     """A copy of the genuine ONNX model a session model logged (``which``: tshirt, sneaker...)."""
-    run_id = getattr(registry.sources, which).run_id
-    return Path(
-        mlflow.artifacts.download_artifacts(
-            run_id=run_id,
-            artifact_path=ONNX_MODEL_ARTIFACT,
-            dst_path=str(folder / which),
-            tracking_uri=registry.tracking_uri,
-        )
-    )
+    source = Path(getattr(registry.sources, which).uri[len("file://") :]) / "model.onnx"
+    copy = folder / which / "model.onnx"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, copy)
+    return copy
 
 
 def _with_genuine_onnx(registry: Registry, workdir: Path, log: Callable[[], str]) -> Any:
-    """``log`` into the run, plus the sneaker model's genuine ONNX file where the API reads it:
-    the version loads, so the API gets as far as it ever goes with the attacker's files."""
+    """``log`` into the run, plus the sneaker model's genuine ONNX file where the API reads it
+    for a version without an onnx flavour (the run's ``onnx/model.onnx``, as versions registered
+    before kept it): the version loads, so the API gets as far as it ever goes with the
+    attacker's files."""
     onnx = _onnx_of(registry, "sneaker", workdir)
 
     def both() -> str:
@@ -92,8 +92,10 @@ def _pickle_flavour_model(marker: Path) -> Any:
 
 
 def _tampered_pt2_copy(registry: Registry, marker: Path, workdir: Path) -> Any:
-    """Production's own pt2 model folder with its pickled member replaced by a payload."""
-    source = Path(registry.client.get_model_version_download_uri(registry.name, "1")[7:])
+    """A pt2 model folder (as versions were registered before the onnx flavour) with its pickled
+    member replaced by a payload."""
+    info = log_pt2_classifier(constant_model(0))
+    source = Path(mlflow.get_logged_model(info.model_id).artifact_location[len("file://") :])
     copy = workdir / "tampered"
     shutil.copytree(source, copy)
     archive = copy / "data" / "model.pt2"
@@ -197,7 +199,8 @@ def test_a_pt2_copy_with_a_payload_member_never_runs_code(
 
 
 def _model_folder_with_mlmodel(registry: Registry, workdir: Path, mlmodel: str) -> str:
-    """Production's model folder with its MLmodel replaced by ``mlmodel``, logged as ``model``."""
+    """Production's model folder with its MLmodel replaced by ``mlmodel`` (which declares no onnx
+    flavour, so the run's genuine ONNX file is served), logged as ``model``."""
     source = Path(registry.client.get_model_version_download_uri(registry.name, "1")[7:])
     copy = workdir / "forged"
     shutil.copytree(source, copy)
@@ -309,20 +312,27 @@ def test_an_onnx_model_over_max_model_bytes_is_refused(
 
 
 @pytest.mark.integration  # a real server: server_factory
+@pytest.mark.parametrize("where", ["onnx flavor", "run file"])
 def test_an_onnx_file_that_is_a_pickle_is_refused(
-    registry: Registry, server_factory: Any, tmp_path: Path
+    registry: Registry, server_factory: Any, tmp_path: Path, where: str
 ) -> None:
+    """The pickle poses as the version's own model.onnx (onnx flavour), or as the run's
+    onnx/model.onnx of a version without one (as pt2 versions registered before)."""
     registry.add_production("tshirt")
     server = server_factory(registry.tracking_uri, registry.name, SERVE_POLL_INTERVAL_S="0.2")
     marker = tmp_path / "pwned"
-    fake = tmp_path / "onnx" / "model.onnx"
-    fake.parent.mkdir()
-    fake.write_bytes(pickle.dumps(Payload(marker), protocol=2))
+    payload = pickle.dumps(Payload(marker), protocol=2)
+    if where == "onnx flavor":
+        registry.promote(add_onnx_version(registry, payload, "fake-onnx"))
+    else:
+        fake = tmp_path / "onnx" / "model.onnx"
+        fake.parent.mkdir()
+        fake.write_bytes(payload)
 
-    def log() -> str:
-        mlflow.log_artifact(str(fake), artifact_path="onnx")
-        return registry.sources.tshirt.uri
+        def log() -> str:
+            mlflow.log_artifact(str(fake), artifact_path="onnx")
+            return mlflow.get_artifact_uri("onnx")  # a folder with no MLmodel: no onnx flavor
 
-    uri, run_id = _new_run_with(registry, log)
-    registry.promote(registry.add_source(uri, run_id, "fake-onnx"))
+        uri, run_id = _new_run_with(registry, log)
+        registry.promote(registry.add_source(uri, run_id, "fake-onnx"))
     _assert_attack_contained(server.url, "2", marker, registry)

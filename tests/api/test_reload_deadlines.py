@@ -27,7 +27,7 @@ from tests.helpers.onnx_graphs import (
     endless_loop_model,
     long_kernel_model,
     long_kernel_side,
-    run_artifact_dir,
+    served_file,
 )
 
 GOOD_PNG = encode(sample_images(1)[0])
@@ -154,9 +154,9 @@ def test_only_a_regular_file_is_read_as_the_model(registry: Registry, kind: str)
     store = _store(registry)
     assert store.check_once()
     version = add_onnx_version(registry, b"replaced below", kind)
-    path = run_artifact_dir(registry, version) / "onnx" / "model.onnx"
+    path = served_file(registry, version)
     path.unlink()
-    good = run_artifact_dir(registry, "1") / "onnx" / "model.onnx"
+    good = served_file(registry, "1")
     {"FIFO": os.mkfifo, "folder": os.mkdir, "symbolic link": lambda p: p.symlink_to(good)}[kind](
         path
     )

@@ -160,8 +160,18 @@ def check(model_bytes: bytes) -> None:
     onnx.checker.check_model(onnx.load_model_from_string(model_bytes))
 
 
+ONNX_MLMODEL = """artifact_path: model
+flavors:
+  onnx:
+    data: model.onnx
+  python_function:
+    data: model.onnx
+    loader_module: mlflow.onnx
+"""
+
+
 def add_onnx_version(registry: Registry, model_bytes: bytes, label: str) -> str:
-    """Register (gate passed) a version whose run's ``onnx/model.onnx`` is ``model_bytes``."""
+    """Register (gate passed) an onnx-flavour version whose ``model.onnx`` is ``model_bytes``."""
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(registry.tracking_uri)
     try:
@@ -171,16 +181,18 @@ def add_onnx_version(registry: Registry, model_bytes: bytes, label: str) -> str:
             mlflow.start_run(experiment_id=experiment.experiment_id) as run,
             tempfile.TemporaryDirectory() as tmp,
         ):
-            path = Path(tmp) / "model.onnx"
-            path.write_bytes(model_bytes)
-            mlflow.log_artifact(str(path), artifact_path="onnx")
+            (Path(tmp) / "model.onnx").write_bytes(model_bytes)
+            (Path(tmp) / "MLmodel").write_text(ONNX_MLMODEL)
+            mlflow.log_artifacts(tmp, artifact_path="model")
+            source = mlflow.get_artifact_uri("model")
     finally:
         mlflow.set_tracking_uri(previous)
-    return registry.add_source(registry.sources.tshirt.uri, run.info.run_id, label)
+    return registry.add_source(source, run.info.run_id, label)
 
 
-def run_artifact_dir(registry: Registry, version: str) -> Path:
-    """The local folder of ``version``'s run artifacts."""
-    run_id = registry.client.get_model_version(registry.name, version).run_id
-    uri = registry.client.get_run(run_id).info.artifact_uri
-    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+def served_file(registry: Registry, version: str) -> Path:
+    """The local path of ``version``'s served file (its onnx flavour's ``model.onnx``)."""
+    location = registry.client.get_model_version_download_uri(registry.name, version)
+    return Path(location[len("file://") :] if location.startswith("file://") else location) / (
+        "model.onnx"
+    )

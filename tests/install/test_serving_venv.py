@@ -18,7 +18,7 @@ import pytest
 
 from src import registry
 from src.labels import CLASS_NAMES
-from src.model_io import log_classifier, log_onnx
+from src.model_io import log_classifier
 from tests.helpers.api import encode, start_server, stop_server, wait_until
 from tests.helpers.flows import tiny_model
 from tests.helpers.install import REPO_ROOT, find_python, pyproject_version, tree_bytes, uv_path
@@ -50,7 +50,7 @@ def make_serving_venv(folder: Path, wheel: Path, python: Path) -> Path:
 
 
 def register_production(tracking_uri: str, tmp_path: Path, seed: int) -> str:
-    """Log a tiny model (pt2 + the ONNX file the API serves), register and promote it."""
+    """Log a tiny model as the trainer does (the onnx flavour), register and promote it."""
     mlflow.set_tracking_uri(tracking_uri)
     client = registry.get_client(tracking_uri)
     experiment = mlflow.get_experiment_by_name("light-venv")
@@ -61,7 +61,6 @@ def register_production(tracking_uri: str, tmp_path: Path, seed: int) -> str:
     )
     with mlflow.start_run(experiment_id=experiment_id) as run_:
         info = log_classifier(tiny_model(seed))
-    log_onnx(client, run_.info.run_id, tiny_model(seed))
     mv = registry.register_candidate(
         client, NAME, model_uri=info.model_uri, run_id=run_.info.run_id
     )

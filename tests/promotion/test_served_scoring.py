@@ -1,5 +1,6 @@
 """The train-flow scores models (candidate, Production, reference profile) from their ONNX file in
-ONNX Runtime: the same predictions the pt2 archive gave, and a payload planted in the pt2's pickled
+ONNX Runtime. For versions registered before the onnx flavour (a pt2 model plus the run's ONNX
+file): the same predictions the pt2 archive gave, and a payload planted in the pt2's pickled
 member never runs, whoever could write to the artifact store."""
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import torch
 from src import registry
 from src.data.split import PreparedData
 from src.evaluate import evaluate_classifier
-from src.model_io import load_classifier, log_classifier, log_onnx
+from src.model_io import log_onnx
 from src.monitoring import attachments
 from src.promotion import champion_predictions, score_model
 from tests.helpers.config import app_config
 from tests.helpers.flows import TinyStore
+from tests.helpers.legacy_models import load_pt2_classifier, log_pt2_classifier
 
 NAME = "served-scoring"
 
@@ -66,7 +68,7 @@ def _register(tiny_store: TinyStore, module: torch.nn.Module, *, onnx: bool = Tr
     mlflow.set_registry_uri(tiny_store.tracking_uri)
     client = registry.get_client(tiny_store.tracking_uri)
     with mlflow.start_run(experiment_id=tiny_store.experiment_id) as run:
-        info = log_classifier(module)
+        info = log_pt2_classifier(module)  # a version registered before the onnx flavour
         if onnx:
             log_onnx(client, run.info.run_id, module)
     mv = registry.register_candidate(
@@ -108,7 +110,7 @@ def test_scores_from_the_onnx_file_give_the_pt2_archives_predictions(
     client, version = _register(tiny_store, _cnn(seed))
     dataset = _dataset(tmp_path / "d.npz", 500, seed)
     metrics, from_onnx = score_model(client, version.run_id, dataset)
-    pt2 = load_classifier(f"models:/{NAME}/{version.version}")  # trusted here: the test's own
+    pt2 = load_pt2_classifier(f"models:/{NAME}/{version.version}")  # trusted: the test's own
     from_pt2 = evaluate_classifier(pt2, dataset).predictions
     np.testing.assert_array_equal(from_onnx, from_pt2)
     assert len(set(from_onnx.tolist())) > 1  # the model's answers depend on the images
@@ -138,7 +140,7 @@ def test_a_production_without_an_onnx_file_is_not_re_scored_from_its_pt2(
     dataset = _dataset(tmp_path / "d.npz", 20, 5)
     prepared = PreparedData.from_file(dataset, data_md5="m", split_hash="s")
     with pytest.raises(
-        ValueError, match=r"cannot be re-scored.*onnx/model\.onnx.*never the pickled"
+        ValueError, match=r"cannot be re-scored.*onnx/model\.onnx.*never a pickle or pt2"
     ):
         champion_predictions(client, champion, prepared, 20)
 

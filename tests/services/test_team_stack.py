@@ -96,7 +96,7 @@ def test_model_artifacts_are_in_the_mlflow_bucket(
         f"no logged model in s3://{MLFLOW_BUCKET} (keys: {keys[:20]}); did the experiment get "
         "created on the server (deployments.stack.ensure_experiment)?"
     )
-    assert any(key.endswith(".pt2") for key in model_files), f"no pt2 archive: {model_files}"
+    assert any(key.endswith("/model.onnx") for key in model_files), f"no ONNX: {model_files}"
     # Nothing was written beside the flow's project: artefacts went through the server's proxy.
     assert not (team.project / "mlartifacts").exists(), "the run wrote artefacts locally"
 
@@ -403,7 +403,7 @@ def test_s3_refuses_wrong_keys(team: Team, deployment_run: DeploymentRun) -> Non
 
     stack = team.stack
     # Any served model file will do (the stack's registry holds several by now).
-    onnx_key = next(k for k in bucket_keys(team, MLFLOW_BUCKET) if k.endswith("onnx/model.onnx"))
+    onnx_key = next(k for k in bucket_keys(team, MLFLOW_BUCKET) if k.endswith("/model.onnx"))
     original = stack.s3_client().get_object(Bucket=MLFLOW_BUCKET, Key=onnx_key)["Body"].read()
     for key_id, secret in (("AKIAWRONGKEY0000", "wrong"), (stack.aws_key_id, "wrong-secret")):
         intruder = boto3.client(

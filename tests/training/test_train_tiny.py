@@ -71,8 +71,10 @@ def test_artifacts_reach_mlflow(run: tuple[TrainResult, AppConfig, Any]) -> None
         "figures/learning_curves.png",
         "figures/misclassified_test.png",
     }
-    onnx_dir = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="onnx"))
-    onnx_model = onnx.load(str(onnx_dir / "model.onnx"))
+    # The model is the ONNX graph the API serves (onnx flavour), not a pickled format.
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=result.model_uri))
+    assert not list(model_dir.rglob("*.pt2")) and not list(model_dir.rglob("*.pth"))
+    onnx_model = onnx.load(str(model_dir / "model.onnx"))
     onnx.checker.check_model(onnx_model)
     batch_dim = onnx_model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param, "ONNX batch dimension must be dynamic"
