@@ -77,6 +77,7 @@ def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
         private_folder(tmp_path / "link")
 
 
+@pytest.mark.integration  # starts processes (stand-ins for servers that ended)
 def test_folders_of_ended_servers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
