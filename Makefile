@@ -107,13 +107,16 @@ browser-deps: ## install Debian's Chromium for the browser test, if missing
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 unit: install ## the fast tests only (no real servers, no real data, no fresh installs)
-	$(BIN)/pytest -m "not integration and not services and not install"
+	$(BIN)/pytest -n $(TEST_WORKERS) -m "not integration and not services and not install"
 
+# pytest-xdist runs the tests in one process per core (TEST_WORKERS): most of a test's time is
+# spent waiting for the servers, installs and trainings it starts, so the cores stay busy.
+TEST_WORKERS ?= auto
 # The type check (a minute of one core on a clean clone) runs beside pytest, which spends much of
 # its time waiting for the servers it starts; its report follows the tests' and either fails the run.
 test: lock-check install lint docs browser-deps postgres-deps edge-deps docker-deps ## what CI runs: lint, types, docs, all tests
 	@report=$$(mktemp); $(BIN)/mypy src flows benchmarks deployments > $$report 2>&1 & types=$$!; \
-	$(BIN)/pytest; tests=$$?; wait $$types; typed=$$?; \
+	$(BIN)/pytest -n $(TEST_WORKERS); tests=$$?; wait $$types; typed=$$?; \
 	echo "$(BIN)/mypy src flows benchmarks deployments"; cat $$report; rm -f $$report; \
 	if [ $$typed -ne 0 ]; then exit $$typed; fi; exit $$tests
 
