@@ -47,14 +47,15 @@ $(TOOLS)/.ready: requirements/uv.txt
 SYNC_serve := --inexact
 SYNC_train := --inexact --extra train
 SYNC_dev := --all-extras
-# .synced marks a sync that finished. Without it (the first install, or one cut off by a network
-# drop or Ctrl-C) every package is laid down afresh: a package cut off half-way may already have
-# its metadata, and uv sync trusts metadata. (make expands $(wildcard) before the rm runs.) uv gets
-# the interpreter's real path: a launcher's (pyenv's shim) would make it rebuild .venv every time.
+# .synced marks a sync that finished. Without it (a first install, or one cut off by a network
+# drop or Ctrl-C) .venv is started over: a package cut off half-way may already have its metadata,
+# and uv sync trusts metadata. (Not `uv sync --reinstall`: it implies --refresh, downloading every
+# package again.) uv gets the interpreter's real path: a launcher's (pyenv's shim) would make it
+# rebuild .venv every time.
 $(VENV)/.installed-%: uv.lock pyproject.toml setup.py $(TOOLS)/.ready
+	@test -e $(VENV)/.synced || rm -rf $(VENV)
 	@rm -f $(VENV)/.synced
-	$(UV) sync --locked --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')" \
-		$(SYNC_$*) $(if $(wildcard $(VENV)/.synced),,--reinstall)
+	$(UV) sync --locked --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')" $(SYNC_$*)
 	@touch $(VENV)/.synced $@
 
 install: $(VENV)/.installed-dev ## create .venv and install every role from uv.lock: train, services, test, docs

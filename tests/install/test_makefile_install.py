@@ -65,7 +65,7 @@ def test_make_installs_with_the_machines_own_venv_and_redoes_an_interrupted_inst
 
     # What a network drop or Ctrl-C half-way leaves: no finished-sync mark, a package's metadata
     # already in place but one of its files not yet written.
-    # (The serving role, a subset, is enough to show it and reinstalls only its 29 packages.)
+    # (The serving role, a subset, is enough to show it: the venv is remade with its 29 packages.)
     (venv / ".synced").unlink()
     (site_packages(venv) / "fastapi" / "routing.py").unlink()
     assert imports(venv, "fastapi.routing").returncode != 0
