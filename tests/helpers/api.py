@@ -241,10 +241,12 @@ def start_server(
 
 
 def stop_server(server: Server) -> None:
+    """SIGTERM, then a generous wait: a graceful stop flushes the prediction log (gunicorn's
+    arbiter waits for its workers to), and a kill before it ends would lose those answers."""
     if server.process.poll() is None:
         server.process.terminate()
         try:
-            server.process.wait(timeout=10)
+            server.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait(timeout=5)
