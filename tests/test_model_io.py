@@ -79,14 +79,15 @@ class Logged:
 def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
     """One registry for the module (its first version stays the one the tests read)."""
     root = tmp_path_factory.mktemp("model-io")
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # The tracking URI only (the registry follows it): restoring a registry URI read back with
+    # get_registry_uri() would pin the relative default, and its MLFLOW_REGISTRY_URI variable, for
+    # every later test and server of this process (they wrote the repo's own mlflow.db).
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    mlflow.set_registry_uri(f"sqlite:///{root}/mlflow.db")
     try:
         yield Logged(root)
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        mlflow.set_tracking_uri(previous)
 
 
 def test_the_registered_version_is_an_onnx_model_a_user_can_read(logged: Logged) -> None:
