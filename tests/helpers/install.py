@@ -109,7 +109,8 @@ def find_python(minor: int) -> Path:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without what would point a nested make or uv at our own venv."""
+    """This process's environment without what would point a nested make, uv or the project's
+    settings at our own venv, registry or working files."""
     drop = (
         "VIRTUAL_ENV",
         "UV_PROJECT_ENVIRONMENT",
@@ -118,5 +119,8 @@ def clean_env(**extra: str) -> dict[str, str]:
         "MFLAGS",
         "PYTHONPATH",
     )
-    env = {k: v for k, v in os.environ.items() if k not in drop}
+    # Settings an earlier test may have left in this process's environment: MLflow sets
+    # MLFLOW_TRACKING_URI whenever a URI is set, e.g. back to cwd's (the repo's) mlflow.db.
+    pinned = ("MLFLOW_", "PREFECT_API", "PATHS_", "SERVE_", "MONITOR_", "TRAIN_", "FLOW_", "GATE_")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(pinned)}
     return {**env, **extra}
